@@ -1,0 +1,32 @@
+"""SegFormer / MiT (``nvidia/mit-b0``): explained at the last stage's layernorm.
+
+``segformer.stages[-1].layer_norm`` outputs the last stage's tokens ``B×(h·w)×C`` (no CLS),
+which the classifier mean-pools. (The tutorial's ``segformer.encoder.layer_norm[-1]`` is
+``segformer.stages[-1].layer_norm`` in transformers 5.) Each stage begins with an overlapping
+patch embedding, a conv with padding ``patch_size // 2``, so the grid follows the config's
+patch sizes and strides for the actual input size — not a fixed ``// 32``.
+"""
+
+from xai_recipes import Recipe, conv_out, hookimpl, tokens_to_map
+
+
+def grid(config, height: int, width: int) -> tuple[int, int]:
+    for k, s in zip(config.patch_sizes, config.strides):
+        height, width = conv_out(height, k, s, k // 2), conv_out(width, k, s, k // 2)
+    return height, width
+
+
+RECIPE = Recipe(
+    name="segformer",
+    model_types=("segformer",),
+    target_layers=lambda m: [m.segformer.stages[-1].layer_norm],
+    reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw)),
+    head=lambda m: m.classifier,
+    pooling="mean",
+    description="SegFormer: last stage's layer_norm tokens → grid from the overlapping patch embeddings.",
+)
+
+
+@hookimpl
+def register_recipes(register):
+    register(RECIPE)

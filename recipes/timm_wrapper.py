@@ -1,0 +1,43 @@
+"""timm models saved as Hugging Face folders (``TimmWrapperForImageClassification``).
+
+The wrapper holds a timm model in ``model.timm_model``. For timm CNNs the last feature map
+before global pooling is produced by a known module: ``bn2`` (EfficientNet, MobileNet —
+BatchNorm + activation after the head conv), ``layer4`` (ResNet), ``stages[-1]`` (ConvNeXt,
+RegNet, ...). The head (for Deep Feature Factorization) is timm's ``classifier``/``fc``/``head``.
+"""
+
+from xai_recipes import Recipe, RecipeError, hookimpl
+
+FEATURE_MODULES = ("bn2", "layer4", "stages")
+
+
+def feature_module(timm_model):
+    for name in FEATURE_MODULES:
+        module = getattr(timm_model, name, None)
+        if module is not None:
+            return module[-1] if name == "stages" else module
+    raise RecipeError(
+        f"timm architecture {type(timm_model).__name__} has none of the feature modules "
+        f"{FEATURE_MODULES}; pass recipe= or write a recipe plugin for it"
+    )
+
+
+def head(model):
+    timm_model = model.timm_model
+    return timm_model.get_classifier()
+
+
+RECIPE = Recipe(
+    name="timm_wrapper",
+    model_types=("timm_wrapper",),
+    target_layers=lambda m: [feature_module(m.timm_model)],
+    head=head,
+    pooling="mean",
+    matches=lambda m: any(hasattr(m.timm_model, n) for n in FEATURE_MODULES),
+    description="timm CNNs in HF folders: last feature map before global pooling (bn2 / layer4 / stages[-1]).",
+)
+
+
+@hookimpl
+def register_recipes(register):
+    register(RECIPE)

@@ -1,0 +1,63 @@
+"""Tiny configs and real-type image processors for the eight tutorial families.
+
+Each family keeps the structure of its published checkpoints (same model class, same processor
+class with its resize / centre-crop / channel-flip behaviour) at a size that trains on a CPU.
+Two stages instead of four keep the last feature map at stride 8 (8×8 at 64 px, as fine as
+the published models' 7×7 at 224 px), fine enough for a localisation test to mean something.
+"""
+
+from __future__ import annotations
+
+import transformers as T
+
+from synthetic import SHAPES
+
+FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
+
+_LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
+_CROP = {"size": {"shortest_edge": 64}, "crop_pct": 0.875}  # microsoft/resnet-50-style resize + crop
+
+
+def tiny_config(family: str) -> T.PretrainedConfig:
+    if family == "resnet":
+        return T.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="basic", **_LABELS)
+    if family == "regnet":
+        return T.RegNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], groups_width=8, **_LABELS)
+    if family == "convnext":
+        return T.ConvNextConfig(hidden_sizes=[32, 64], depths=[1, 2], num_stages=2, layer_scale_init_value=1.0, **_LABELS)
+    if family == "swin":
+        return T.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, **_LABELS)
+    if family == "vit":
+        return T.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, **_LABELS)
+    if family == "cvt":
+        n = 2  # CvT's config wants every per-stage list spelled out
+        return T.CvtConfig(
+            patch_sizes=[7, 3], patch_stride=[4, 2], patch_padding=[2, 1], embed_dim=[32, 64],
+            num_heads=[2, 4], depth=[1, 2], cls_token=[False, True], mlp_ratio=[2.0] * n,
+            attention_drop_rate=[0.0] * n, drop_rate=[0.0] * n, drop_path_rate=[0.0] * n, qkv_bias=[True] * n,
+            qkv_projection_method=["dw_bn"] * n, kernel_qkv=[3] * n, padding_kv=[1] * n, stride_kv=[2] * n,
+            padding_q=[1] * n, stride_q=[1] * n, **_LABELS,
+        )
+    if family == "segformer":
+        return T.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 2], sr_ratios=[2, 1], hidden_sizes=[32, 64],
+            patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], **_LABELS,
+        )
+    if family == "mobilevit":
+        return T.MobileViTConfig(
+            image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], hidden_sizes=[32, 48, 64],
+            output_stride=8, **_LABELS,
+        )
+    raise KeyError(family)
+
+
+def tiny_processor(family: str):
+    if family in ("resnet", "regnet", "convnext", "cvt"):
+        return T.ConvNextImageProcessor(**_CROP)
+    if family in ("swin", "vit"):
+        return T.ViTImageProcessor(size={"height": 64, "width": 64})
+    if family == "segformer":
+        return T.SegformerImageProcessor(size={"height": 64, "width": 64})
+    if family == "mobilevit":  # resize short side, centre-crop, RGB→BGR like apple/mobilevit-small
+        return T.MobileViTImageProcessor(size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}, do_flip_channel_order=True)
+    raise KeyError(family)

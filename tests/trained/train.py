@@ -1,0 +1,75 @@
+"""Train the tiny localisation models under tests/trained/<family>/ (run once, not in CI).
+
+    python tests/trained/train.py [family ...]
+
+Reproducible: fixed seeds, data from tests/synthetic.py, each family's own processor applied to
+every training image, early stop once held-out accuracy reaches the goal. Saves with
+``save_pretrained`` (safetensors) plus the processor, so tests load them like a hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers as T
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from synthetic import make_set  # noqa: E402
+from tiny import FAMILIES, tiny_config, tiny_processor  # noqa: E402
+
+TRAIN_SIZES = [(64, 64), (72, 72), (80, 80), (64, 80), (80, 64), (72, 96), (96, 72), (88, 88)]
+LR = {"vit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3}
+
+
+def pixels(processor, samples) -> torch.Tensor:
+    out = processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
+    return out.to(torch.float16)
+
+
+def train(family: str, n_train: int = 12000, batch: int = 64, max_steps: int = 5000, goal: float = 0.97) -> None:
+    torch.manual_seed(0)
+    processor = tiny_processor(family)
+    train_set, val_set = make_set(1, n_train, TRAIN_SIZES), make_set(2, 500, TRAIN_SIZES)
+    x, y = pixels(processor, train_set), torch.tensor([s.label for s in train_set])
+    xv, yv = pixels(processor, val_set).float(), torch.tensor([s.label for s in val_set])
+    model = T.AutoModelForImageClassification.from_config(tiny_config(family))
+    for m in model.modules():  # transformers starts some families' BN gammas near 0: train from 1/0
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR.get(family, 3e-3), weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR.get(family, 3e-3), total_steps=max_steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(0)
+    t0, acc = time.time(), 0.0
+    for step in range(1, max_steps + 1):
+        model.train()
+        idx = torch.randint(len(x), (batch,), generator=g)
+        xb = x[idx].float()
+        flip = torch.rand(batch, generator=g) < 0.5  # left-right flips keep every shape's class
+        xb[flip] = xb[flip].flip(-1)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=xb).logits, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0:
+            model.eval()
+            with torch.no_grad():
+                acc = (model(pixel_values=xv).logits.argmax(-1) == yv).float().mean().item()
+            print(f"{family} step {step} loss {loss.item():.3f} val acc {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
+            if acc >= goal:
+                break
+    model.eval()
+    out = HERE / family
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "TRAINING.txt").write_text(f"steps={step} val_acc={acc:.3f} seconds={time.time() - t0:.0f}\n")
+
+
+if __name__ == "__main__":
+    for fam in sys.argv[1:] or FAMILIES:
+        train(fam)

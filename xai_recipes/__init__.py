@@ -1,0 +1,32 @@
+"""xai-recipes: explain any Hugging Face image classifier with one call.
+
+    >>> from xai_recipes import explain
+    >>> explanation = explain("microsoft/resnet-50", "cat.jpg", target=["tabby", "remote control"])
+    >>> explanation.save("cat-gradcam.png")
+"""
+
+from .cam import METHODS
+from .engine import explain
+from .errors import (
+    GeometryError,
+    ImageError,
+    ModelLoadError,
+    NoRecipeError,
+    NotAnImageClassifierError,
+    RecipeError,
+    TargetIndexError,
+    UnknownLabelError,
+    UnknownMethodError,
+    XAIRecipesError,
+)
+from .explanation import Explanation
+from .hookspecs import hookimpl
+from .recipe import Recipe, conv_out, halvings, output_logits, tokens_to_map
+from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
+
+__all__ = [
+    "METHODS", "Explanation", "Recipe", "explain", "hookimpl", "conv_out", "halvings", "output_logits",
+    "tokens_to_map", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
+    "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
+    "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
+]

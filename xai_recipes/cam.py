@@ -1,0 +1,171 @@
+"""CAM methods from the grad-cam package, run on a recipe's layer with one forward pass.
+
+Gradient methods: one forward pass, then the gradients of all T target logits with respect to
+the target layer's activations (one batched backward where autograd allows it). Only the layers
+*after* the target layer are differentiated: the forward runs without a graph until the target
+layer's hook switches gradients on. The weights/CAM formulas are grad-cam's own
+(``get_cam_image`` of its classes), so results equal grad-cam's for the same layer.
+
+Perturbation methods (ScoreCAM, AblationCAM) need forward passes per channel and target anyway;
+they run through grad-cam's own classes.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .errors import RecipeError, UnknownMethodError
+from .recipe import Recipe
+
+#: Method name → grad-cam class. Names are matched ignoring case, "-", "_" and "+" → "p".
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "hirescam": HiResCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+}
+PERTURBATION = {"scorecam", "ablationcam"}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("+", "p").replace("-", "").replace("_", "").replace(" ", "")
+
+
+_BY_KEY = {_key(n): n for n in METHODS}
+
+
+def method_name(method: str) -> str:
+    """Canonical method name for ``method`` ("Grad-CAM++" → "gradcam++"), or UnknownMethodError."""
+    found = _BY_KEY.get(_key(str(method)))
+    if found is None:
+        raise UnknownMethodError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    return found
+
+
+class LogitsModel(nn.Module):
+    """The tensor-output wrapper: ``pixel_values -> logits`` through the recipe."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
+        super().__init__()
+        self.model, self.recipe = model, recipe
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.recipe.logits(self.model(pixel_values=pixel_values, **self.recipe.forward_kwargs))
+
+
+@dataclass
+class Capture:
+    """Forward pass with the target layers' outputs kept (and gradients started there)."""
+
+    logits: torch.Tensor
+    activations: list[torch.Tensor]
+
+
+def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_values: torch.Tensor) -> Capture:
+    """Run the model once; hooks record each target layer's output and are always removed."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise RecipeError(
+                f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
+                "choose a layer whose output is a tensor (see the recipe guide)"
+            )
+        if id(module) in seen:
+            raise RecipeError(f"target layer {type(module).__name__} runs more than once per forward pass")
+        torch.set_grad_enabled(True)  # the graph starts here: no backward through the backbone
+        if not output.requires_grad:
+            leaf = output.detach().requires_grad_(True)
+            seen[id(module)] = leaf
+            return leaf.clone()  # downstream in-place ops must not touch the leaf
+        seen[id(module)] = output
+        return output
+
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.callback(layer.register_forward_hook(hook).remove)
+        stack.enter_context(torch.no_grad())
+        logits = wrapped(pixel_values)
+    missing = [type(layer).__name__ for layer in layers if id(layer) not in seen]
+    if missing:
+        raise RecipeError(f"target layer(s) {missing} did not run in the forward pass; the recipe does not fit this model")
+    return Capture(logits, [seen[id(layer)] for layer in layers])
+
+
+def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients of each of the T outputs w.r.t. ``inputs`` → each ``T×input.shape[1:]``."""
+    eye = torch.eye(output.numel(), dtype=output.dtype, device=output.device)
+    try:
+        grads = torch.autograd.grad(output, inputs, grad_outputs=eye, retain_graph=True, is_grads_batched=True)
+        return [g.flatten(0, 1) for g in grads]  # (T, 1, ...) → (T, ...)
+    except RuntimeError:  # some ops have no batching rule: one backward per target instead
+        per_target = [torch.autograd.grad(output[t], inputs, retain_graph=True) for t in range(output.numel())]
+        return [torch.cat([g[i] for g in per_target]) for i in range(len(inputs))]
+
+
+def _as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
+    maps = recipe.reshape(tensor, model, input_hw) if recipe.reshape else tensor
+    if maps.dim() != 4:
+        raise RecipeError(f"recipe {recipe.name!r} gives activations of shape {tuple(maps.shape)}, not B×C×h×w")
+    return maps
+
+
+def compute_cams(
+    model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, targets: list[int], method: str, capture: Capture
+) -> np.ndarray:
+    """``T×h×w`` maps in [0, 1] on the model input (pixel_values is a batch of one image)."""
+    cls = METHODS[method]
+    layers = list(recipe.target_layers(model))
+    input_hw = tuple(pixel_values.shape[-2:])
+    wrapped = LogitsModel(model, recipe)
+    T = len(targets)
+    cam_targets = [ClassifierOutputTarget(t) for t in targets]
+    if method in PERTURBATION:
+        reshape = partial(_as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
+        kwargs = {}
+        if method == "ablationcam":
+            kwargs["ablation_layer"] = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
+        with cls(model=wrapped, target_layers=layers, reshape_transform=reshape, **kwargs) as cam:
+            cam.batch_size = 32
+            with torch.no_grad():
+                return cam(input_tensor=pixel_values.expand(T, *pixel_values.shape[1:]), targets=cam_targets)
+
+    cam = cls(model=wrapped, target_layers=[])  # grad-cam's formulas, none of its hooks
+    selected = capture.logits[0, targets]
+    grads = _grads(selected, capture.activations) if cam.uses_gradients else [None] * len(layers)
+    per_layer = []
+    for layer, act, grad in zip(layers, capture.activations, grads):
+        act_maps = _as_maps(recipe, model, act.detach(), input_hw)
+        act_np = act_maps.float().cpu().numpy().repeat(T, axis=0)
+        grad_np = None if grad is None else _as_maps(recipe, model, grad, input_hw).float().cpu().numpy()
+        image = cam.get_cam_image(pixel_values, layer, cam_targets, act_np, grad_np, eigen_smooth=False)
+        per_layer.append(scale_cam_image(np.maximum(image, 0), (input_hw[1], input_hw[0]))[:, None])
+    return scale_cam_image(np.maximum(np.concatenate(per_layer, axis=1), 0).mean(axis=1))

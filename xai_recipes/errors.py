@@ -1,0 +1,43 @@
+"""Typed errors. Each message says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class XAIRecipesError(Exception):
+    """Base class of every error raised on purpose by xai_recipes."""
+
+
+class NoRecipeError(XAIRecipesError, LookupError):
+    """No registered recipe serves this model (or the named recipe does not exist)."""
+
+
+class NotAnImageClassifierError(XAIRecipesError, TypeError):
+    """The model is not an image classifier with a trained classification head."""
+
+
+class ModelLoadError(XAIRecipesError, OSError):
+    """The model or its image processor could not be loaded safely."""
+
+
+class ImageError(XAIRecipesError, ValueError):
+    """The image cannot be decoded, is empty, or is too large."""
+
+
+class UnknownLabelError(XAIRecipesError, ValueError):
+    """A target label is not in the model's ``id2label`` (or names several classes)."""
+
+
+class TargetIndexError(XAIRecipesError, IndexError):
+    """A target class index is outside ``0 .. num_labels - 1``."""
+
+
+class UnknownMethodError(XAIRecipesError, ValueError):
+    """The explanation method is not one xai_recipes provides."""
+
+
+class RecipeError(XAIRecipesError, RuntimeError):
+    """A recipe does not fit the model it was applied to (layer missing, token grid mismatch...)."""
+
+
+class GeometryError(XAIRecipesError, RuntimeError):
+    """The image processor's resize/crop cannot be mapped back to the original image."""

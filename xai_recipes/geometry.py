@@ -1,0 +1,106 @@
+"""Where each pixel of the model input came from in the original image.
+
+Image processors resize, centre-crop, rescale, normalise and sometimes flip channels. All of
+that is affine per axis and per channel, so instead of re-implementing every processor's
+arithmetic we *measure* it: the processor is run on a black, a white, a horizontal-ramp and a
+vertical-ramp image of the original size, and a straight line fitted through the decoded ramps
+gives, for each axis, ``original = scale · input + offset`` (pixel centres). Heatmaps are then
+warped back with that map; pixels the model never saw get 0 and ``coverage = False``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import GeometryError
+
+#: ``PIL image -> 1×C×h×w`` (or ``C×h×w``) array: the processor as the engine calls it.
+Preprocess = Callable[[Image.Image], "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Affine map from model-input pixel centres to original-image pixel centres."""
+
+    image_size: tuple[int, int]  # original (height, width)
+    input_size: tuple[int, int]  # model input (height, width)
+    scale: tuple[float, float]  # (y, x): original pixels per input pixel
+    offset: tuple[float, float]  # (y, x): original coordinate of input pixel 0
+
+    def to_image(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``T×h×w`` maps on the model input → (``T×H×W`` maps, ``H×W`` coverage mask)."""
+        H, W = self.image_size
+        (sy, sx), (oy, ox) = self.scale, self.offset
+        # For each original pixel (x, y): input coordinate u = (x - ox) / sx, v = (y - oy) / sy.
+        inverse = np.float32([[1 / sx, 0, -ox / sx], [0, 1 / sy, -oy / sy]])
+        ones = np.ones(self.input_size, np.float32)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        warp = lambda m: cv2.warpAffine(m, inverse, (W, H), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        coverage = warp(ones) > 0.5
+        out = np.stack([warp(np.ascontiguousarray(m, np.float32)) for m in maps]) * coverage
+        return out.astype(np.float32), coverage
+
+
+def _fit_axis(decoded: np.ndarray, extent: int) -> tuple[float, float]:
+    """Fit ``original = a · input + b`` to a decoded ramp profile (interior 80 %, robust to edges)."""
+    n = decoded.shape[0]
+    lo, hi = int(n * 0.1), max(int(n * 0.9), int(n * 0.1) + 2)
+    u = np.arange(n, dtype=np.float64)[lo:hi]
+    x = decoded[lo:hi] * (extent - 1)
+    a, b = np.polyfit(u, x, 1)
+    residual = np.abs(a * u + b - x).max()
+    if not np.isfinite(a) or a <= 0 or residual > max(2.0, 0.02 * extent):
+        raise GeometryError(
+            "the image processor's output is not a resize/crop of the input (fit residual "
+            f"{residual:.1f} px); explain() cannot map heatmaps back to this image. Pass a processor "
+            "that resizes and centre-crops, or preprocess the image yourself to the model's input size"
+        )
+    return float(a), float(b)
+
+
+def measure(preprocess: Preprocess, image_size: tuple[int, int]) -> Geometry:
+    """Measure the processor's geometry for an image of ``(height, width)``."""
+    H, W = image_size
+    ramp_x = np.round(np.linspace(0, 255, W)).astype(np.uint8)[None, :].repeat(H, 0)
+    ramp_y = np.round(np.linspace(0, 255, H)).astype(np.uint8)[:, None].repeat(W, 1)
+
+    def run(gray: np.ndarray) -> np.ndarray:
+        out = np.asarray(preprocess(Image.fromarray(gray).convert("RGB")), dtype=np.float64)
+        return out.reshape(out.shape[-3:])
+
+    black, white = run(np.zeros((H, W), np.uint8)), run(np.full((H, W), 255, np.uint8))
+    span = white - black
+    if np.abs(span).min() < 1e-6:
+        raise GeometryError("the image processor maps black and white to the same values; cannot measure it")
+    dx = ((run(ramp_x) - black) / span).mean(axis=(0, 1))  # profile along input columns
+    dy = ((run(ramp_y) - black) / span).mean(axis=(0, 2))  # profile along input rows
+    ax, bx = _fit_axis(dx, W)
+    ay, by = _fit_axis(dy, H)
+    return Geometry((H, W), tuple(black.shape[-2:]), (ay, ax), (by, bx))
+
+
+class GeometryCache:
+    """Bounded cache of measured geometries, keyed by processor identity and image size."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: object, preprocess: Preprocess, image_size: tuple[int, int]) -> Geometry:
+        full = (key, image_size)
+        with self._lock:
+            if full in self._items:
+                self._items.move_to_end(full)
+                return self._items[full]
+        geometry = measure(preprocess, image_size)
+        with self._lock:
+            self._items[full] = geometry
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return geometry

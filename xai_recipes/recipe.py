@@ -1,0 +1,94 @@
+"""The recipe: everything xai_recipes must know about one model family.
+
+A recipe names the layer(s) whose activations explain the prediction, turns those activations
+into ``B×C×h×w`` feature maps, and turns the model's output into a logits tensor. Recipes are
+plain data; the engine does the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import RecipeError
+
+#: ``reshape(activations, model, (input_height, input_width)) -> B×C×h×w``
+Reshape = Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor]
+
+
+def output_logits(output: Any) -> torch.Tensor:
+    """The default tensor-output wrapper: ``ModelOutput.logits`` (or a plain tensor)."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to explain one family of image classifiers.
+
+    Attributes:
+        name: unique recipe name, e.g. ``"vit"``.
+        model_types: ``config.model_type`` values this recipe serves.
+        target_layers: ``model -> [module, ...]`` whose outputs CAM methods read.
+        reshape: activations (tokens ``B×N×C`` or maps) → ``B×C×h×w``; ``None`` for CNN maps.
+            It receives the model and the actual input size, so the grid is never hard-coded.
+        logits: tensor-output wrapper, ``model output -> B×num_labels`` logits.
+        head: ``model -> callable`` mapping pooled features ``N×C`` to logits, including any
+            norm the model applies before its classifier (for Deep Feature Factorization).
+        pooling: how the model pools the target layer's features before ``head``:
+            ``"mean"`` over positions or the ``"cls"`` token (first token).
+        forward_kwargs: extra keyword arguments for ``model(pixel_values=..., **kwargs)``,
+            e.g. ``interpolate_pos_encoding=True`` so ViTs accept any input size.
+        matches: optional ``model -> bool`` refining ``model_types`` (e.g. by architecture).
+        description: one line for listings and the gallery.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    target_layers: Callable[[nn.Module], Sequence[nn.Module]]
+    reshape: Reshape | None = None
+    logits: Callable[[Any], torch.Tensor] = output_logits
+    head: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    matches: Callable[[nn.Module], bool] | None = None
+    description: str = ""
+    plugin: str = ""  # set by the registry: which plugin registered it
+
+    def serves(self, model: nn.Module) -> bool:
+        """Whether this recipe applies to ``model``."""
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in self.model_types:
+            return False
+        return self.matches is None or bool(self.matches(model))
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int = 0) -> int:
+    """Output length of a convolution along one axis (PyTorch's formula)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def halvings(size: int, times: int) -> int:
+    """Length after ``times`` stride-2 merges that pad odd lengths (Swin's patch merging)."""
+    for _ in range(times):
+        size = math.ceil(size / 2)
+    return size
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
+    """``B×N×C`` tokens → ``B×C×h×w``, dropping ``prefix`` leading (CLS/register) tokens.
+
+    Raises :class:`RecipeError` when ``N - prefix`` is not ``h·w``: a wrong grid would
+    otherwise scramble the heatmap silently.
+    """
+    h, w = grid
+    if tokens.dim() != 3 or tokens.shape[1] - prefix != h * w:
+        raise RecipeError(
+            f"expected tokens B×({prefix}+{h}·{w})×C for a {h}×{w} grid, got {tuple(tokens.shape)}; "
+            "the recipe's grid or prefix-token count does not fit this model/input size"
+        )
+    spatial = tokens[:, prefix:, :]
+    return spatial.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)

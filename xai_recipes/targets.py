@@ -24,10 +24,9 @@ def _index(target: Target, id2label: Mapping[int, str]) -> int:
             raise TargetIndexError(f"class index {int(target)} is out of range: this model has classes 0..{n - 1}")
         return int(target)
     wanted = _norm(target)
-    exact = [i for i, label in id2label.items() if _norm(label) == wanted]
-    if exact:
-        return int(exact[0])
-    hits = sorted({int(i) for i, label in id2label.items() if wanted in (_norm(s) for s in label.split(","))})
+    hits = sorted(int(i) for i, label in id2label.items() if _norm(label) == wanted)  # the full label
+    if not hits:  # else any comma-separated synonym
+        hits = sorted(int(i) for i, label in id2label.items() if wanted in (_norm(s) for s in label.split(",")))
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:

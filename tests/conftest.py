@@ -1,0 +1,42 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # synthetic.py, tiny.py
+
+from tiny import FAMILIES, tiny_config  # noqa: E402
+
+TRAINED = TESTS / "trained"
+
+
+def calibrate_batchnorm(model: torch.nn.Module, size: tuple[int, int] = (64, 64)) -> torch.nn.Module:
+    """Random-init models: transformers starts some BN gammas near 0, so activations vanish and
+    every CAM is zero. Reset BN affines to 1/0 and set running stats with a few train passes."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        torch.nn.init.ones_(bn.weight)
+        torch.nn.init.zeros_(bn.bias)
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    if bns:
+        model.train()
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for _ in range(3):
+                model(pixel_values=torch.randn(4, 3, *size, generator=g))
+    return model.eval()
+
+
+def tiny_model(family: str) -> torch.nn.Module:
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    return calibrate_batchnorm(AutoModelForImageClassification.from_config(tiny_config(family)))
+
+
+@pytest.fixture(scope="session")
+def trained_dir():
+    return TRAINED

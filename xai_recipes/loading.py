@@ -51,6 +51,8 @@ def check_classifier(model: Any) -> None:
 
 
 def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    if ref.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(ref)):
+        raise ModelLoadError(f"model folder {ref!r} does not exist; pass a local folder or a hub id like 'microsoft/resnet-50'")
     try:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except Exception as exc:

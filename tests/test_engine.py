@@ -42,6 +42,29 @@ def test_one_forward_path_equals_gradcam_packages_replicated_path(models, family
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
 
+def test_several_target_layers_equal_gradcam_package(models):
+    """Two layers, one after the other: gradients must still reach the earlier one."""
+    model = models["resnet"]
+    base = xai_recipes.find_recipe(model)
+    recipe = dataclasses.replace(base, target_layers=lambda m: [m.resnet.encoder.stages[-1].layers[0], m.resnet.encoder.stages[-1].layers[1]])
+    x = PROCESSOR(images=Image.fromarray(IMAGE), return_tensors="pt")["pixel_values"]
+    wrapped, layers = LogitsModel(model, recipe), list(recipe.target_layers(model))
+    ours = compute_cams(model, recipe, x, [1, 3], "gradcam", forward_with_capture(wrapped, layers, x))
+    with METHODS["gradcam"](model=wrapped, target_layers=layers) as cam:
+        reference = cam(input_tensor=x.repeat(2, 1, 1, 1), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+def test_failed_ablation_leaves_the_model_intact(models):
+    model = models["resnet"]
+    base = xai_recipes.find_recipe(model)
+    broken = dataclasses.replace(base, name="broken", logits=lambda out: out.logits if out.logits.shape[0] == 1 else 1 / 0)
+    before = [type(m) for m in model.modules()]
+    with pytest.raises(ZeroDivisionError):
+        explain(model, IMAGE, processor=PROCESSOR, method="ablationcam", recipe=broken)
+    assert [type(m) for m in model.modules()] == before and all_hooks(model) == 0
+
+
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
 @pytest.mark.parametrize("family", ["resnet", "vit"])
 def test_perturbation_methods_run_and_differ_per_target(models, family, method):

@@ -45,8 +45,8 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         )
     if family == "mobilevit":
         return T.MobileViTConfig(
-            image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], hidden_sizes=[32, 48, 64],
-            output_stride=8, **_LABELS,
+            image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], hidden_sizes=[16, 24, 32],
+            expand_ratio=2.0, num_attention_heads=2, output_stride=8, **_LABELS,  # dilated: 8×8 at 64 px
         )
     raise KeyError(family)
 

@@ -32,6 +32,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -153,10 +154,16 @@ def compute_cams(
         kwargs = {}
         if method == "ablationcam":
             kwargs["ablation_layer"] = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
-        with cls(model=wrapped, target_layers=layers, reshape_transform=reshape, **kwargs) as cam:
-            cam.batch_size = 32
-            with torch.no_grad():
-                return cam(input_tensor=pixel_values.expand(T, *pixel_values.shape[1:]), targets=cam_targets)
+        try:
+            with cls(model=wrapped, target_layers=layers, reshape_transform=reshape, **kwargs) as cam:
+                cam.batch_size = 32
+                with torch.no_grad():
+                    return cam(input_tensor=pixel_values.expand(T, *pixel_values.shape[1:]), targets=cam_targets)
+        finally:  # AblationCAM swaps the target layer out while it runs: never leave it swapped
+            if "ablation_layer" in kwargs:
+                present = {id(m) for m in wrapped.modules()}
+                for layer in (layer for layer in layers if id(layer) not in present):
+                    replace_layer_recursive(wrapped, kwargs["ablation_layer"], layer)
 
     cam = cls(model=wrapped, target_layers=[])  # grad-cam's formulas, none of its hooks
     selected = capture.logits[0, targets]

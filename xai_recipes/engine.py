@@ -59,6 +59,7 @@ def explain(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise XAIRecipesError(f"top_k must be a positive integer, got {top_k!r}")
     model, processor = loading.load(model, processor, device, trust_remote_code)
+    model.eval()  # explanations of the deterministic model: no dropout, BN running statistics
     chosen = registry.find_recipe(model, recipe)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     wanted = resolve_targets(target, id2label)

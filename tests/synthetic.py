@@ -1,11 +1,10 @@
 """Synthetic localisation task: one coloured shape at a random place on grey clutter.
 
-The class is *what* the object is — its shape and its surface pattern (solid disc, striped
-square, grid triangle, checked cross) — never where it is or which colour it has, so a model can
-only be right by looking at the object. The pattern makes each piece of the object evidence of
-its class, as in natural images, so that patch tokens of small transformers carry class evidence
-(with shape alone, a tiny CLS-token ViT composes the shape in its CLS token only). Every image comes with the object's box, in
-the coordinates of the image itself, which is what the localisation tests check heatmaps against.
+The class is *what* the object is (its shape), never where it is or which colour it has, so a
+model can only be right by looking at the object. Every image comes with the object's box, in the coordinates of the image itself, which is what the localisation tests check
+heatmaps against. (Class-specific surface textures were tried too: they let small transformers
+recognise the object from single patches and then spread the class to every token of the last
+stage, which made every last-layer map worse.)
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ class Sample:
     image: np.ndarray  # H×W×3 uint8, RGB
     label: int
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (inclusive pixel bounds of the object)
-    mask: np.ndarray  # H×W bool, the object's pixels
 
 
 def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -45,13 +43,7 @@ def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _pattern(kind: int, height: int, width: int) -> np.ndarray:
-    """Each kind of object has its own surface too: solid, stripes, grid or checks (period 4 px)."""
-    y, x = np.mgrid[:height, :width]
-    return [np.ones((height, width), bool), (x // 2) % 2 == 0, (x % 4 != 1) & (y % 4 != 1), ((x // 2) + (y // 2)) % 2 == 0][kind]
-
-
-def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, colour: int) -> None:
+def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, colour: tuple[int, int, int]) -> None:
     if shape == "disc":
         cv2.circle(img, (cx, cy), r, colour, -1)
     elif shape == "square":
@@ -85,12 +77,8 @@ def make_sample(
     cx, cy = int(rng.uniform(lo_x, hi_x)), int(rng.uniform(lo_y, hi_y))
     hue = int(rng.integers(0, 180))
     rgb = cv2.cvtColor(np.uint8([[[hue, 255, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]
-    mask = np.zeros(img.shape[:2], np.uint8)
-    _draw(mask, SHAPES[label], cx, cy, r, 1)
-    surface = _pattern(label, *mask.shape)
-    img[(mask > 0) & surface] = rgb
-    img[(mask > 0) & ~surface] = (rgb * 0.3).astype(np.uint8)
-    return Sample(img, label, (cx - r, cy - r, cx + r, cy + r), mask > 0)
+    _draw(img, SHAPES[label], cx, cy, r, tuple(int(v) for v in rgb))
+    return Sample(img, label, (cx - r, cy - r, cx + r, cy + r))
 
 
 def make_set(seed: int, n: int, sizes: list[tuple[int, int]]) -> list[Sample]:

@@ -67,14 +67,14 @@ MEAN_POOLED = sorted(f for f in MODELS if xai_recipes.get_recipe(f).pooling == "
 
 @pytest.mark.parametrize("family", MEAN_POOLED)
 def test_declared_head_reproduces_the_logits(family):
-    """The recipe's head (for DFF): mean-pooled target features through it give the model's logits.
+    """The recipe's head (for DFF): mean-pooled feature-layer outputs through it give the logits.
     (CLS-pooled families, ViT and CvT, classify from a token the target layer does not hold.)"""
     model = MODELS[family]()
     recipe = xai_recipes.find_recipe(model)
     from xai_recipes.cam import LogitsModel, forward_with_capture
 
     x = torch.randn(1, 3, 64, 96)
-    layers = list(recipe.target_layers(model))
+    layers = [recipe.features(model)]
     cap = forward_with_capture(LogitsModel(model, recipe), layers, x)
     maps = recipe.reshape(cap.activations[0], model, (64, 96)) if recipe.reshape else cap.activations[0]
     pooled = maps.mean(dim=(2, 3))

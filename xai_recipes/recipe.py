@@ -38,7 +38,9 @@ class Recipe:
         logits: tensor-output wrapper, ``model output -> B×num_labels`` logits.
         head: ``model -> callable`` mapping pooled features ``N×C`` to logits, including any
             norm the model applies before its classifier (for Deep Feature Factorization).
-        pooling: how the model pools the target layer's features before ``head``:
+        feature_layer: ``model -> module`` whose output the model pools into ``head``, when that
+            is not the (last) target layer; reshaped with ``reshape`` like the target layers.
+        pooling: how the model pools ``feature_layer``'s output before ``head``:
             ``"mean"`` over positions or the ``"cls"`` token (first token).
         forward_kwargs: extra keyword arguments for ``model(pixel_values=..., **kwargs)``,
             e.g. ``interpolate_pos_encoding=True`` so ViTs accept any input size.
@@ -52,11 +54,16 @@ class Recipe:
     reshape: Reshape | None = None
     logits: Callable[[Any], torch.Tensor] = output_logits
     head: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    feature_layer: Callable[[nn.Module], nn.Module] | None = None
     pooling: Literal["mean", "cls"] = "mean"
     forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
     matches: Callable[[nn.Module], bool] | None = None
     description: str = ""
     plugin: str = ""  # set by the registry: which plugin registered it
+
+    def features(self, model: nn.Module) -> nn.Module:
+        """The module whose output is pooled into :attr:`head`."""
+        return self.feature_layer(model) if self.feature_layer else list(self.target_layers(model))[-1]
 
     def serves(self, model: nn.Module) -> bool:
         """Whether this recipe applies to ``model``."""

@@ -7,7 +7,7 @@ import torch
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # synthetic.py, tiny.py
 
-from tiny import FAMILIES, tiny_config  # noqa: E402
+from tiny import tiny_config  # noqa: E402
 
 TRAINED = TESTS / "trained"
 

@@ -86,6 +86,8 @@ class LogitsModel(nn.Module):
 class Capture:
     """Forward pass with the target layers' outputs kept (and gradients started there)."""
 
+    wrapped: LogitsModel
+    layers: list[nn.Module]
     logits: torch.Tensor
     activations: list[torch.Tensor]
 
@@ -118,7 +120,7 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
     missing = [type(layer).__name__ for layer in layers if id(layer) not in seen]
     if missing:
         raise RecipeError(f"target layer(s) {missing} did not run in the forward pass; the recipe does not fit this model")
-    return Capture(logits, [seen[id(layer)] for layer in layers])
+    return Capture(wrapped, layers, logits, [seen[id(layer)] for layer in layers])
 
 
 def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -144,9 +146,8 @@ def compute_cams(
 ) -> np.ndarray:
     """``T×h×w`` maps in [0, 1] on the model input (pixel_values is a batch of one image)."""
     cls = METHODS[method]
-    layers = list(recipe.target_layers(model))
+    wrapped, layers = capture.wrapped, capture.layers
     input_hw = tuple(pixel_values.shape[-2:])
-    wrapped = LogitsModel(model, recipe)
     T = len(targets)
     cam_targets = [ClassifierOutputTarget(t) for t in targets]
     if method in PERTURBATION:

@@ -73,8 +73,7 @@ def explain(
     pixel_values = preprocess(pil).to(param.device, param.dtype)
     key = processor.to_json_string() if hasattr(processor, "to_json_string") else id(processor)
     geometry = _geometries.get(key, preprocess, (pil.height, pil.width))
-    layers = list(chosen.target_layers(model))
-    capture = forward_with_capture(LogitsModel(model, chosen), layers, pixel_values)
+    capture = forward_with_capture(LogitsModel(model, chosen), list(chosen.target_layers(model)), pixel_values)
     logits = capture.logits.detach()
     if logits.dim() != 2 or logits.shape[-1] != len(id2label):
         raise XAIRecipesError(
@@ -98,5 +97,5 @@ def explain(
         predictions=predictions,
         recipe=chosen.name,
         method=method,
-        target_layers=_module_names(model, layers),
+        target_layers=_module_names(model, capture.layers),
     )

@@ -155,3 +155,17 @@ def test_recipe_argument_overrides_dispatch(models):
     exp = explain(models["resnet"], IMAGE, processor=PROCESSOR, recipe="resnet")
     assert exp.recipe == "resnet" and exp.target_layers == ["resnet.encoder.stages.1.layers.1"]
     assert xai_recipes.list_recipes("*vi*") == ["mobilevit", "vit"]
+
+
+def test_threads_sharing_one_model_get_the_serial_maps(models):
+    """Hooks are per call: concurrent explain() calls on one model neither cross nor leak."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = models["vit"]
+    images = [np.random.default_rng(i).integers(0, 256, (60 + i, 80, 3), dtype=np.uint8) for i in range(4)]
+    serial = [explain(model, im, processor=PROCESSOR, top_k=2).heatmaps for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: explain(model, images[i % 4], processor=PROCESSOR, top_k=2).heatmaps, range(24)))
+    for i, maps in enumerate(results):
+        np.testing.assert_allclose(maps, serial[i % 4], atol=1e-5)
+    assert all_hooks(model) == 0

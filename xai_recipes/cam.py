@@ -12,6 +12,7 @@ they run through grad-cam's own classes.
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -95,8 +96,11 @@ class Capture:
 def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_values: torch.Tensor) -> Capture:
     """Run the model once; hooks record each target layer's output and are always removed."""
     seen: dict[int, torch.Tensor] = {}
+    caller = threading.get_ident()
 
-    def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+    def hook(module: nn.Module, args: object, output: object) -> torch.Tensor | None:
+        if threading.get_ident() != caller:  # another thread's explain() on the same model: not ours
+            return None
         if not isinstance(output, torch.Tensor):
             raise RecipeError(
                 f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "

@@ -146,9 +146,9 @@ def test_models_loaded_by_path_are_cached_and_the_cache_is_bounded(tmp_path, mon
     assert loading.load(tmp_path / "a")[0] is first
     a, b = explain(tmp_path / "a", IMAGE), explain(str(tmp_path / "a"), IMAGE)
     np.testing.assert_array_equal(a.heatmaps, b.heatmaps)
-    monkeypatch.setattr(loading, "CACHE_SIZE", 1)
+    monkeypatch.setattr(loading.cache, "size", 1)
     loading.load(tmp_path / "b")
-    assert len(loading._cache) == 1 and loading.load(tmp_path / "a")[0] is not first
+    assert len(loading.cache) == 1 and loading.load(tmp_path / "a")[0] is not first
 
 
 def test_recipe_argument_overrides_dispatch(models):

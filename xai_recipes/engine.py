@@ -12,12 +12,13 @@ from . import loading, registry
 from .cam import LogitsModel, compute_cams, forward_with_capture, method_name
 from .errors import XAIRecipesError
 from .explanation import Explanation
-from .geometry import GeometryCache
+from .geometry import measure
 from .images import ImageInput, load_image
+from .lru import LRU
 from .recipe import Recipe
 from .targets import Target, resolve_targets
 
-_geometries = GeometryCache()
+_geometries: LRU = LRU(64)  # measured processor geometries by (processor config, image size)
 
 
 def _module_names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
@@ -72,7 +73,8 @@ def explain(
 
     pixel_values = preprocess(pil).to(param.device, param.dtype)
     key = processor.to_json_string() if hasattr(processor, "to_json_string") else id(processor)
-    geometry = _geometries.get(key, preprocess, (pil.height, pil.width))
+    size = (pil.height, pil.width)
+    geometry = _geometries.get_or_make((key, size), lambda: measure(preprocess, size))
     capture = forward_with_capture(LogitsModel(model, chosen), list(chosen.target_layers(model)), pixel_values)
     logits = capture.logits.detach()
     if logits.dim() != 2 or logits.shape[-1] != len(id2label):

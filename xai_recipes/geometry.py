@@ -10,8 +10,6 @@ warped back with that map; pixels the model never saw get 0 and ``coverage = Fal
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,23 +82,3 @@ def measure(preprocess: Preprocess, image_size: tuple[int, int]) -> Geometry:
     ax, bx = _fit_axis(dx, W)
     ay, by = _fit_axis(dy, H)
     return Geometry((H, W), tuple(black.shape[-2:]), (ay, ax), (by, bx))
-
-
-class GeometryCache:
-    """Bounded cache of measured geometries, keyed by processor identity and image size."""
-
-    def __init__(self, size: int = 64) -> None:
-        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key: object, preprocess: Preprocess, image_size: tuple[int, int]) -> Geometry:
-        full = (key, image_size)
-        with self._lock:
-            if full in self._items:
-                self._items.move_to_end(full)
-                return self._items[full]
-        geometry = measure(preprocess, image_size)
-        with self._lock:
-            self._items[full] = geometry
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return geometry

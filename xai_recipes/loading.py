@@ -8,8 +8,6 @@ attach a random head to a backbone and every heatmap would be noise.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -18,12 +16,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from .errors import ModelLoadError, NotAnImageClassifierError
+from .lru import LRU
 
-#: How many loaded models :func:`load` keeps (least recently used are dropped).
-CACHE_SIZE = 4
-
-_cache: OrderedDict[tuple, tuple[nn.Module, Any]] = OrderedDict()
-_lock = threading.Lock()
+#: Models loaded by name, by (name, device, trust_remote_code); set ``cache.size`` to keep more or fewer.
+cache: LRU[tuple[nn.Module, Any]] = LRU(4)
 _CLASSIFIER_SUFFIXES = ("ForImageClassification", "ForImageClassificationWithTeacher")
 
 
@@ -98,25 +94,17 @@ def load(
 ) -> tuple[nn.Module, Any]:
     """``(model, processor)`` from a hub id, a local folder, or an already loaded model.
 
-    Loaded-by-name models are cached (:data:`CACHE_SIZE` most recent), keyed by name, device
-    and ``trust_remote_code``.
+    Loaded-by-name models are kept in :data:`cache` (the 4 most recent by default), keyed by
+    name, device and ``trust_remote_code``.
     """
     if isinstance(model, (str, os.PathLike)):
         ref = os.fspath(model)
-        key = (ref, str(device), trust_remote_code)
-        with _lock:
-            hit = _cache.get(key)
-            if hit is not None:
-                _cache.move_to_end(key)
-        if hit is None:
+
+        def make() -> tuple[nn.Module, Any]:
             loaded, loaded_processor = _load(ref, trust_remote_code)
-            if device is not None:
-                loaded.to(device)
-            hit = (loaded, loaded_processor)
-            with _lock:
-                _cache[key] = hit
-                while len(_cache) > CACHE_SIZE:
-                    _cache.popitem(last=False)
+            return (loaded.to(device) if device is not None else loaded), loaded_processor
+
+        hit = cache.get_or_make((ref, str(device), trust_remote_code), make)
         return hit[0], processor if processor is not None else hit[1]
 
     check_classifier(model)
@@ -136,5 +124,4 @@ def load(
 
 def clear_cache() -> None:
     """Forget every cached model."""
-    with _lock:
-        _cache.clear()
+    cache.clear()

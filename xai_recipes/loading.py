@@ -7,6 +7,7 @@ attach a random head to a backbone and every heatmap would be noise.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -23,11 +24,12 @@ cache: LRU[tuple[nn.Module, Any]] = LRU(4)
 _CLASSIFIER_SUFFIXES = ("ForImageClassification", "ForImageClassificationWithTeacher")
 
 
-def _classifier_class_names() -> set[str]:
+@functools.cache
+def _classifier_class_names() -> frozenset[str]:
     names: set[str] = set()
     for value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
         names.update(value if isinstance(value, (tuple, list)) else [value])
-    return names
+    return frozenset(names)
 
 
 def check_classifier(model: Any) -> None:

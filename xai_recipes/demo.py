@@ -20,34 +20,25 @@ import torch
 ARCH = "tf_efficientnet_lite0"
 
 
-def _rename(block_keys: list[tuple[int, int]], key: str) -> str:
-    """``efficientnet_pytorch`` key → timm key."""
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    head, _, rest = key.partition(".")
-    if head in top:
-        return f"{top[head]}.{rest}"
-    index, _, rest = rest.partition(".")  # _blocks.<i>.<layer>.<param>
-    stage, block = block_keys[int(index)]
-    layer, _, param = rest.partition(".")
-    return f"blocks.{stage}.{block}.{layer}.{param}"
-
-
-def _block_layer_names(expanded: bool) -> dict[str, str]:
-    if expanded:  # InvertedResidual: expand (pw) → depthwise → project (pwl)
-        return {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    return {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}  # InvertedResidual: expand → depthwise → project
+_DEPTHWISE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # first block
 
 
 def convert_state_dict(source: dict[str, torch.Tensor], timm_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``efficientnet_pytorch`` keys → timm keys: ``_blocks.<i>.<layer>.<p>`` → ``blocks.<stage>.<block>.<layer>.<p>``."""
     blocks = [(s, b) for s, stage in enumerate(timm_model.blocks) for b in range(len(stage))]
     out = {}
     for key, value in source.items():
-        if key.startswith("_blocks."):
-            _, index, layer, param = key.split(".", 3)
-            expanded = f"_blocks.{index}._expand_conv.weight" in source
-            key = f"_blocks.{index}.{_block_layer_names(expanded)[layer]}.{param}"
-        out[_rename(blocks, key)] = value
+        head, _, rest = key.partition(".")
+        if head in _TOP:
+            out[f"{_TOP[head]}.{rest}"] = value
+            continue
+        index, layer, param = rest.split(".", 2)
+        names = _EXPANDED if f"_blocks.{index}._expand_conv.weight" in source else _DEPTHWISE
+        stage, block = blocks[int(index)]
+        out[f"blocks.{stage}.{block}.{names[layer]}.{param}"] = value
     return out
 
 

@@ -24,7 +24,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> None:
-    exp = explain(args.model, args.image, method=args.method, target=args.target or None, top_k=args.top_k,
+    target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
+    exp = explain(args.model, args.image, method=args.method, target=target, top_k=args.top_k,
                   device=args.device, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
     exp.save(args.out)
     for i, label, score in zip(exp.indices, exp.labels, exp.scores):
@@ -74,8 +75,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "explain" and args.target:
-        args.target = [int(t) if t.isdigit() else t for t in args.target]
     try:
         args.run(args)
     except XAIRecipesError as exc:

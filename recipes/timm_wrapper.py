@@ -22,16 +22,11 @@ def feature_module(timm_model):
     )
 
 
-def head(model):
-    timm_model = model.timm_model
-    return timm_model.get_classifier()
-
-
 RECIPE = Recipe(
     name="timm_wrapper",
     model_types=("timm_wrapper",),
     target_layers=lambda m: [feature_module(m.timm_model)],
-    head=head,
+    head=lambda m: m.timm_model.get_classifier(),
     pooling="mean",
     matches=lambda m: any(hasattr(m.timm_model, n) for n in FEATURE_MODULES),
     description="timm CNNs in HF folders: last feature map before global pooling (bn2 / layer4 / stages[-1]).",

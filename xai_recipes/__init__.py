@@ -6,10 +6,12 @@
 """
 
 from .cam import METHODS
+from .describe import Description, describe
 from .engine import explain
 from .errors import (
     GeometryError,
     ImageError,
+    ImageSkippedWarning,
     ModelLoadError,
     NoRecipeError,
     NotAnImageClassifierError,
@@ -19,13 +21,13 @@ from .errors import (
     UnknownMethodError,
     XAIRecipesError,
 )
-from .explanation import Explanation
+from .explanation import Explanation, load
 from .hookspecs import hookimpl
 from .recipe import Recipe, conv_out, halvings, output_logits, tokens_to_map
 from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
 
 __all__ = [
-    "METHODS", "Explanation", "Recipe", "explain", "hookimpl", "conv_out", "halvings", "output_logits",
+    "METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",

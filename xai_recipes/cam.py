@@ -6,8 +6,9 @@ the target layer's activations (one batched backward where autograd allows it). 
 layer's hook switches gradients on. The weights/CAM formulas are grad-cam's own
 (``get_cam_image`` of its classes), so results equal grad-cam's for the same layer.
 
-Perturbation methods (ScoreCAM, AblationCAM) need forward passes per channel and target anyway;
-they run through grad-cam's own classes.
+ScoreCAM needs one forward pass per channel: each masked input is run once and scored for all T
+targets (grad-cam reruns them per target), with grad-cam's weights and CAM formula. AblationCAM
+runs through grad-cam's own class.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ METHODS: dict[str, type[BaseCAM]] = {
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
 }
-PERTURBATION = {"scorecam", "ablationcam"}
+SCORECAM_BATCH = 32  # masked inputs per forward pass
 
 
 def _key(name: str) -> str:
@@ -128,14 +129,13 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
 
 
 def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Gradients of each of the T outputs w.r.t. ``inputs`` → each ``T×input.shape[1:]``."""
+    """Gradients of each of the T outputs w.r.t. ``inputs`` → each ``T×input.shape``."""
     eye = torch.eye(output.numel(), dtype=output.dtype, device=output.device)
     try:
-        grads = torch.autograd.grad(output, inputs, grad_outputs=eye, retain_graph=True, is_grads_batched=True)
-        return [g.flatten(0, 1) for g in grads]  # (T, 1, ...) → (T, ...)
+        return list(torch.autograd.grad(output, inputs, grad_outputs=eye, retain_graph=True, is_grads_batched=True))
     except RuntimeError:  # some ops have no batching rule: one backward per target instead
         per_target = [torch.autograd.grad(output[t], inputs, retain_graph=True) for t in range(output.numel())]
-        return [torch.cat([g[i] for g in per_target]) for i in range(len(inputs))]
+        return [torch.stack([g[i] for g in per_target]) for i in range(len(inputs))]
 
 
 def _as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
@@ -145,39 +145,73 @@ def _as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: t
     return maps
 
 
+def _scorecam_weights(wrapped: nn.Module, image: torch.Tensor, maps: torch.Tensor, targets: list[int], batch: int) -> np.ndarray:
+    """grad-cam's ScoreCAM weights (``T×C``) for one image, every masked input run once for all T
+    targets (grad-cam runs all C masked inputs again for each target) and masks made per chunk."""
+    with torch.inference_mode():
+        up = nn.functional.interpolate(maps.float(), size=image.shape[-2:], mode="bilinear", align_corners=True)[0]
+        lo, hi = up.flatten(1).min(-1)[0], up.flatten(1).max(-1)[0]
+        up = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]
+        scores = torch.cat([wrapped(image * up[i : i + batch, None].to(image.dtype))[:, targets].float()
+                            for i in range(0, len(up), batch)])
+        return scores.T.softmax(-1).cpu().numpy()
+
+
 def compute_cams(
-    model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, targets: list[int], method: str, capture: Capture
+    model: nn.Module,
+    recipe: Recipe,
+    pixel_values: torch.Tensor,
+    targets: list[list[int]],
+    method: str,
+    capture: Capture,
 ) -> np.ndarray:
-    """``T×h×w`` maps in [0, 1] on the model input (pixel_values is a batch of one image)."""
+    """``B×T×h×w`` maps in [0, 1] on the model input, for T target classes per image of the batch."""
     cls = METHODS[method]
     wrapped, layers = capture.wrapped, capture.layers
     input_hw = tuple(pixel_values.shape[-2:])
-    T = len(targets)
-    cam_targets = [ClassifierOutputTarget(t) for t in targets]
-    if method in PERTURBATION:
-        reshape = partial(_as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
-        kwargs = {}
-        if method == "ablationcam":
-            kwargs["ablation_layer"] = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
-        try:
-            with cls(model=wrapped, target_layers=layers, reshape_transform=reshape, **kwargs) as cam:
-                cam.batch_size = 32
-                with torch.no_grad():
-                    return cam(input_tensor=pixel_values.expand(T, *pixel_values.shape[1:]), targets=cam_targets)
-        finally:  # AblationCAM swaps the target layer out while it runs: never leave it swapped
-            if "ablation_layer" in kwargs:
-                present = {id(m) for m in wrapped.modules()}
-                for layer in (layer for layer in layers if id(layer) not in present):
-                    replace_layer_recursive(wrapped, kwargs["ablation_layer"], layer)
+    B, T = len(targets), len(targets[0])
+    flat_targets = [t for per_image in targets for t in per_image]
+    cam_targets = [ClassifierOutputTarget(t) for t in flat_targets]
+    if method == "ablationcam":
+        return np.stack([_ablation_cams(model, recipe, pixel_values[b : b + 1], targets[b], capture) for b in range(B)])
 
     cam = cls(model=wrapped, target_layers=[])  # grad-cam's formulas, none of its hooks
-    selected = capture.logits[0, targets]
-    grads = _grads(selected, capture.activations) if cam.uses_gradients else [None] * len(layers)
+    if cam.uses_gradients:
+        index = torch.tensor(targets, device=capture.logits.device)
+        selected = capture.logits.gather(1, index).sum(0)  # T: images are independent, so one sum per target
+        grads = [g.transpose(0, 1).flatten(0, 1) for g in _grads(selected, capture.activations)]  # (B·T)×...
+    else:
+        grads = [None] * len(layers)
     per_layer = []
     for layer, act, grad in zip(layers, capture.activations, grads):
         act_maps = _as_maps(recipe, model, act.detach(), input_hw)
+        if method == "scorecam":
+            weights = np.concatenate([
+                _scorecam_weights(wrapped, pixel_values[b : b + 1], act_maps[b : b + 1], targets[b], SCORECAM_BATCH)
+                for b in range(B)
+            ])
+            cam.get_cam_weights = lambda *args, w=weights: w  # grad-cam's CAM formula with these weights
         act_np = act_maps.float().cpu().numpy().repeat(T, axis=0)
         grad_np = None if grad is None else _as_maps(recipe, model, grad, input_hw).float().cpu().numpy()
         image = cam.get_cam_image(pixel_values, layer, cam_targets, act_np, grad_np, eigen_smooth=False)
         per_layer.append(scale_cam_image(np.maximum(image, 0), (input_hw[1], input_hw[0]))[:, None])
-    return scale_cam_image(np.maximum(np.concatenate(per_layer, axis=1), 0).mean(axis=1))
+    maps = scale_cam_image(np.maximum(np.concatenate(per_layer, axis=1), 0).mean(axis=1))
+    return maps.reshape(B, T, *maps.shape[1:])
+
+
+def _ablation_cams(model: nn.Module, recipe: Recipe, image: torch.Tensor, targets: list[int], capture: Capture) -> np.ndarray:
+    """AblationCAM through grad-cam's own class, on the image replicated once per target."""
+    wrapped, layers = capture.wrapped, capture.layers
+    input_hw = tuple(image.shape[-2:])
+    reshape = partial(_as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
+    ablation = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
+    try:
+        with AblationCAM(model=wrapped, target_layers=layers, reshape_transform=reshape, ablation_layer=ablation) as cam:
+            cam.batch_size = 32
+            with torch.no_grad():
+                return cam(input_tensor=image.expand(len(targets), *image.shape[1:]),
+                           targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:  # AblationCAM swaps the target layer out while it runs: never leave it swapped
+        present = {id(m) for m in wrapped.modules()}
+        for layer in (layer for layer in layers if id(layer) not in present):
+            replace_layer_recursive(wrapped, ablation, layer)

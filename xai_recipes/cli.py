@@ -1,15 +1,23 @@
-"""``xai-recipes`` command line: demo, explain, list, methods, plugins."""
+"""``xai-recipes`` command line: demo, explain, list, methods, describe, plugins.
+
+Exit codes: 0 success; 1 some images were skipped (each reported, the rest written);
+2 a bad model, label, method or option stopped the run (one line, ``--debug`` for the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from . import METHODS, XAIRecipesError, explain, list_recipes, plugins, recipes
+from tqdm import tqdm
+
+from . import METHODS, XAIRecipesError, describe, explain, list_recipes, plugins, recipes
+from .images import image_files
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int:
     from .demo import build_demo_model, default_folder, photos
 
     folder = build_demo_model(args.model_dir or default_folder())
@@ -21,68 +29,134 @@ def _demo(args: argparse.Namespace) -> None:
         exp.save(path)
         top = ", ".join(f"{label} ({score:.2f})" for _, label, score in exp.predictions[:3])
         print(f"{name}: {top}\n  explained {exp.labels} with {exp.recipe}/{exp.method} at {exp.target_layers} -> {path}")
+    return 0
 
 
-def _explain(args: argparse.Namespace) -> None:
+def _inputs(paths: list[str]) -> list[str]:
+    """Files as given, folders expanded to their image files (recursively, sorted)."""
+    out: list[str] = []
+    for p in paths:
+        out.extend(str(f) for f in image_files(p)) if Path(p).is_dir() else out.append(p)
+    return out
+
+
+def _stem(source: str, taken: set[str]) -> str:
+    stem, n = Path(source).stem, 1
+    while stem in taken:
+        n += 1
+        stem = f"{Path(source).stem}-{n}"
+    taken.add(stem)
+    return stem
+
+
+def _explain(args: argparse.Namespace) -> int:
     target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
-    exp = explain(args.model, args.image, method=args.method, target=target, top_k=args.top_k,
-                  device=args.device, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
-    exp.save(args.out)
-    for i, label, score in zip(exp.indices, exp.labels, exp.scores):
-        print(f"{i}\t{label}\t{score:.4f}")
-    print(f"recipe {exp.recipe}, layers {exp.target_layers} -> {args.out}")
+    files = _inputs(args.images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: list[dict] = []
+
+    def report(source: str, error: Exception) -> None:
+        skipped.append({"image": source, "error": str(error)})
+        tqdm.write(f"skipped {source}: {error}", file=sys.stderr)
+
+    results = explain(args.model, files, method=args.method, target=target, top_k=args.top_k, device=args.device,
+                      recipe=args.recipe, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size,
+                      on_error=report)
+    rows, taken = [], set()
+    for exp in tqdm(results, total=len(files), unit="image", file=sys.stderr, disable=args.quiet or None):
+        stem = _stem(exp.source, taken)
+        overlay, *raw = exp.save(out / f"{stem}.png") + exp.save(out / f"{stem}.npz")
+        _, label, score = exp.predictions[0]
+        rows.append({"image": exp.source, "predicted": label, "score": round(score, 4), "explained": exp.labels,
+                     "recipe": exp.recipe, "method": exp.method, "overlay": str(overlay), "maps": [str(p) for p in raw]})
+    if args.format == "json":
+        print(json.dumps({"results": rows, "skipped": skipped}, indent=1))
+    else:
+        width = max([len(r["image"]) for r in rows] + [5])
+        print(f"{'image':{width}}  {'predicted':24} {'score':>6}  overlay")
+        for r in rows:
+            print(f"{r['image']:{width}}  {r['predicted'][:24]:24} {r['score']:6.3f}  {r['overlay']}")
+        print(f"{len(rows)} explained, {len(skipped)} skipped -> {out}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
-def _list(args: argparse.Namespace) -> None:
+def _list(args: argparse.Namespace) -> int:
     table = recipes()
     for name in list_recipes(args.pattern):
         r = table[name]
         print(f"{name:14} {','.join(r.model_types):16} [{r.plugin}] {r.description}")
+    return 0
 
 
-def _plugins(args: argparse.Namespace) -> None:
-    for p in plugins():
+def _describe(args: argparse.Namespace) -> int:
+    found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
+    print(json.dumps(found.as_dict(), indent=1) if args.format == "json" else found)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    found = plugins()
+    if args.format == "json":
+        print(json.dumps([vars(p) for p in found], indent=1))
+    for p in found if args.format != "json" else []:
         state = f"ERROR {p.error}" if p.error else ", ".join(p.recipes)
         print(f"{p.name:14} {p.distribution or '-'} {p.version or ''}: {state}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="xai-recipes", description="Explain Hugging Face image classifiers.")
+    top = argparse.ArgumentParser(prog="xai-recipes", description="Explain Hugging Face image classifiers.",
+                                  epilog="exit codes: 0 ok, 1 some images skipped, 2 error")
     top.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="explain real photos with a real ImageNet model, offline")
     demo.add_argument("--out", default=".", help="folder for the overlay PNGs")
     demo.add_argument("--model-dir", help="where to build the demo model (default: ~/.cache/xai-recipes)")
     demo.set_defaults(run=_demo)
-    ex = sub.add_parser("explain", help="explain one image")
-    ex.add_argument("model", help="hub id or local folder")
-    ex.add_argument("image")
-    ex.add_argument("--method", default="gradcam", choices=sorted(METHODS), type=str.lower)
-    ex.add_argument("--target", nargs="*", help="label names or indices (default: top-k predictions)")
-    ex.add_argument("--top-k", type=int, default=1)
-    ex.add_argument("--out", default="explanation.png")
-    ex.add_argument("--device")
-    ex.add_argument("--recipe")
-    ex.add_argument("--trust-remote-code", action="store_true")
+
+    ex = sub.add_parser("explain", help="explain images or folders of images",
+                        description="Write an overlay (IMAGE.png) and the raw maps (IMAGE.npz + IMAGE.json, "
+                                    "readable with xai_recipes.load) per image into --out.")
+    ex.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    ex.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
+    ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(METHODS)} (default gradcam)")
+    ex.add_argument("--target", nargs="+", metavar="LABEL", help="label names or indices (default: top-k predictions)")
+    ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1)")
+    ex.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
+    ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    ex.add_argument("--device", help="e.g. cpu, cuda, cuda:1")
+    ex.add_argument("--format", choices=["table", "json"], default="table", help="summary format on stdout")
+    ex.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
+    ex.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar")
     ex.set_defaults(run=_explain)
+
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(run=_list)
-    sub.add_parser("methods", help="available methods").set_defaults(run=lambda a: print("\n".join(METHODS)))
-    sub.add_parser("plugins", help="installed plugins and their recipes").set_defaults(run=_plugins)
+    sub.add_parser("methods", help="available methods").set_defaults(run=lambda a: print("\n".join(METHODS)) or 0)
+    de = sub.add_parser("describe", help="which recipe, layers and reshape MODEL would be explained with")
+    de.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    de.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
+    de.add_argument("--format", choices=["text", "json"], default="text")
+    de.add_argument("--trust-remote-code", action="store_true")
+    de.set_defaults(run=_describe)
+    pl = sub.add_parser("plugins", help="installed plugins, their versions and recipes")
+    pl.add_argument("--format", choices=["text", "json"], default="text")
+    pl.set_defaults(run=_plugins)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args)
     except XAIRecipesError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

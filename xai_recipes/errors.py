@@ -41,3 +41,7 @@ class RecipeError(XAIRecipesError, RuntimeError):
 
 class GeometryError(XAIRecipesError, RuntimeError):
     """The image processor's resize/crop cannot be mapped back to the original image."""
+
+
+class ImageSkippedWarning(UserWarning):
+    """An image of a batch could not be explained and was skipped (the rest go on)."""

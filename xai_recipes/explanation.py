@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
+
+from .errors import XAIRecipesError
+from .geometry import Geometry
+
+FORMAT = "xai-recipes.explanation/1"
+_METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source")
 
 
 @dataclass
@@ -23,6 +32,8 @@ class Explanation:
         predictions: the model's top-5 as ``(index, label, probability)``.
         recipe, method: which recipe and CAM method produced the maps.
         target_layers: names of the modules whose activations were used.
+        source: where the image came from (its path, or ``<image i>`` in a list).
+        geometry: the processor's measured map from model input to image pixels.
     """
 
     image: Image.Image
@@ -35,6 +46,8 @@ class Explanation:
     recipe: str
     method: str
     target_layers: list[str] = field(default_factory=list)
+    source: str | None = None
+    geometry: Geometry | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed)."""
@@ -48,9 +61,24 @@ class Explanation:
         overlays = [np.asarray(self.overlay(i)) for i in range(len(self.indices))]
         return Image.fromarray(np.hstack(overlays))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`figure` as an image file (PNG by extension)."""
-        self.figure().save(path)
+    def save(self, path: str | os.PathLike) -> list[Path]:
+        """Write the result; returns the files written.
+
+        ``result.npz`` (any suffix that is not an image format) writes the arrays (heatmaps,
+        coverage, image) to ``result.npz`` and everything else (labels, scores, predictions,
+        recipe, method, layers, geometry) to ``result.json``, no pickle: :func:`load` reads them
+        back. An image suffix (``.png``, ``.jpg``, ...) writes :meth:`figure` instead.
+        """
+        path = Path(path)
+        if path.suffix.lower() in Image.registered_extensions():
+            self.figure().save(path)
+            return [path]
+        arrays, meta = path.with_suffix(".npz"), path.with_suffix(".json")
+        np.savez_compressed(arrays, heatmaps=self.heatmaps, coverage=self.coverage, image=np.asarray(self.image))
+        info = {k: getattr(self, k) for k in _METADATA}
+        info["geometry"] = dataclasses.asdict(self.geometry) if self.geometry else None
+        meta.write_text(json.dumps({"format": FORMAT, "arrays": arrays.name, **info}, indent=1))
+        return [arrays, meta]
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
@@ -60,3 +88,27 @@ class Explanation:
     def __repr__(self) -> str:
         targets = ", ".join(f"{l!r} ({s:.3f})" for l, s in zip(self.labels, self.scores))
         return f"Explanation(recipe={self.recipe!r}, method={self.method!r}, targets=[{targets}], size={self.heatmaps.shape})"
+
+
+def load(path: str | os.PathLike) -> Explanation:
+    """Read an :class:`Explanation` written by :meth:`Explanation.save` (its ``.npz`` or ``.json``)."""
+    meta_path = Path(path).with_suffix(".json")
+    try:
+        info = json.loads(meta_path.read_text())
+        if info.get("format") != FORMAT:
+            raise ValueError(f"format {info.get('format')!r} is not {FORMAT!r}")
+        with np.load(meta_path.with_name(info["arrays"]), allow_pickle=False) as arrays:
+            heatmaps, coverage, image = arrays["heatmaps"], arrays["coverage"], arrays["image"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise XAIRecipesError(f"cannot load an explanation from {path}: {exc}; pass the .npz or .json "
+                              "written by Explanation.save()") from exc
+    geometry = info["geometry"]
+    fields = {k: info[k] for k in _METADATA}
+    fields["predictions"] = [tuple(p) for p in fields["predictions"]]
+    return Explanation(
+        image=Image.fromarray(image),
+        heatmaps=heatmaps,
+        coverage=coverage,
+        geometry=Geometry(**{k: tuple(v) for k, v in geometry.items()}) if geometry else None,
+        **fields,
+    )

@@ -97,3 +97,9 @@ def load_image(image: ImageInput) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted) whose extension PIL can decode."""
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in extensions)

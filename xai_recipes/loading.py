@@ -93,8 +93,10 @@ def load(
     processor: Any = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    need_processor: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """``(model, processor)`` from a hub id, a local folder, or an already loaded model.
+    """``(model, processor)`` from a hub id, a local folder, or an already loaded model
+    (processor ``None`` for a loaded model without one when ``need_processor`` is False).
 
     Loaded-by-name models are kept in :data:`cache` (the 4 most recent by default), keyed by
     name, device and ``trust_remote_code``.
@@ -112,7 +114,7 @@ def load(
     check_classifier(model)
     if device is not None:
         model.to(device)
-    if processor is None:
+    if processor is None and need_processor:
         source = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
         try:
             processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)

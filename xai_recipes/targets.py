@@ -34,8 +34,13 @@ def _index(target: Target, id2label: Mapping[int, str]) -> int:
         raise UnknownLabelError(f"label {target!r} names several classes ({options}); pass the index or the full label")
     synonyms = sorted({_norm(s) for label in id2label.values() for s in label.split(",")})
     close = difflib.get_close_matches(wanted, synonyms, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownLabelError(f"label {target!r} is not in this model's id2label ({n} classes).{hint}")
+    if close:
+        hint = f"Did you mean {', '.join(repr(c) for c in close)}?"
+    elif n <= 20:
+        hint = f"Its labels: {', '.join(repr(id2label[i]) for i in sorted(id2label))}."
+    else:
+        hint = "Pass a label from model.config.id2label or a class index."
+    raise UnknownLabelError(f"label {target!r} is not in this model's id2label ({n} classes). {hint}")
 
 
 def resolve_targets(target: Target | Sequence[Target] | None, id2label: Mapping[int, str]) -> list[int] | None:

@@ -4,7 +4,9 @@ The last stage appends a CLS token (``config.cls_token[-1]``) and the classifier
 token, after ``model.layernorm``; so, as for ViT, the evidence is read from the patch tokens
 the last layer attends over: ``stages[-1].layers[-1].layernorm_before``, tokens
 ``B×(cls + h·w)×C``. Each stage starts with a strided conv embedding, so the grid follows the
-config's patch sizes, strides and paddings for the actual input size.
+config's patch sizes, strides and paddings for the actual input size. Deep Feature
+Factorization reads the last layer's output tokens and names concepts through ``layernorm`` +
+classifier, as the model does (the tutorial's "sneaky LayerNorm").
 """
 
 from torch import nn
@@ -24,6 +26,7 @@ RECIPE = Recipe(
     target_layers=lambda m: [m.cvt.encoder.stages[-1].layers[-1].layernorm_before],
     reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw), prefix=int(m.config.cls_token[-1])),
     head=lambda m: nn.Sequential(m.layernorm, m.classifier),
+    feature_layer=lambda m: m.cvt.encoder.stages[-1].layers[-1],  # DFF: the last layer's output tokens
     pooling="cls",
     description="CvT: last layer's layernorm_before, CLS dropped, grid from the conv embeddings; head = layernorm + classifier.",
 )

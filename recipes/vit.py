@@ -5,7 +5,8 @@ gradient. The last block's ``layernorm_before`` output holds the patch tokens th
 attends to in that block: that is where the evidence is read. (The tutorial's
 ``vit.encoder.layer[-2].output`` no longer exists: transformers 5 names the blocks
 ``vit.layers``.) Tokens are ``B×(1 + h·w)×C``: drop CLS, grid = input size // patch size,
-and ``interpolate_pos_encoding=True`` lets the model take any input size.
+and ``interpolate_pos_encoding=True`` lets the model take any input size. For Deep Feature
+Factorization the concepts come from the final ``vit.layernorm`` tokens, the ones the classifier reads.
 """
 
 from xai_recipes import Recipe, hookimpl, tokens_to_map
@@ -21,6 +22,7 @@ RECIPE = Recipe(
     target_layers=lambda m: [m.vit.layers[-1].layernorm_before],
     reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw), prefix=1),
     head=lambda m: m.classifier,
+    feature_layer=lambda m: m.vit.layernorm,  # final norm, read by the classifier (DFF)
     pooling="cls",
     forward_kwargs={"interpolate_pos_encoding": True},
     description="ViT: last block's layernorm_before, CLS token dropped, grid = input // patch_size.",

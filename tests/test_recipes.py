@@ -62,21 +62,36 @@ def test_heatmaps_have_image_shape_and_real_values(family_model, size):
     assert len(exp.predictions) == min(5, model.config.num_labels)
 
 
-MEAN_POOLED = sorted(f for f in MODELS if xai_recipes.get_recipe(f).pooling == "mean")
-
-
-@pytest.mark.parametrize("family", MEAN_POOLED)
+@pytest.mark.parametrize("family", sorted(MODELS))
 def test_declared_head_reproduces_the_logits(family):
-    """The recipe's head (for DFF): mean-pooled feature-layer outputs through it give the logits.
-    (CLS-pooled families, ViT and CvT, classify from a token the target layer does not hold.)"""
+    """The recipe's head (for DFF): the feature layer's output, pooled as the recipe says (mean
+    over positions, or the CLS token), through the head gives the model's logits."""
     model = MODELS[family]()
     recipe = xai_recipes.find_recipe(model)
     from xai_recipes.cam import LogitsModel, forward_with_capture
 
     x = torch.randn(1, 3, 64, 96)
-    layers = [recipe.features(model)]
-    cap = forward_with_capture(LogitsModel(model, recipe), layers, x)
-    maps = recipe.reshape(cap.activations[0], model, (64, 96)) if recipe.reshape else cap.activations[0]
-    pooled = maps.mean(dim=(2, 3))
+    cap = forward_with_capture(LogitsModel(model, recipe), [recipe.features(model)], x)
+    out = cap.activations[0].detach()
+    if recipe.pooling == "cls":
+        pooled = out[:, 0]
+    else:
+        pooled = (recipe.reshape(out, model, (64, 96)) if recipe.reshape else out).mean(dim=(2, 3))
     with torch.no_grad():
-        torch.testing.assert_close(recipe.head(model)(pooled.detach()), cap.logits.detach(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(recipe.head(model)(pooled), cap.logits.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dff_concepts_have_image_shape_and_are_named_from_id2label(family_model, size):
+    family, model = family_model
+    processor = ViTImageProcessor(size={"height": size[0], "width": size[1]})
+    image = np.random.default_rng(1).integers(0, 256, (size[0] + 5, size[1] + 11, 3), dtype=np.uint8)
+    exp = explain(model, image, processor=processor, method="dff", n_components=3, top_k=2)
+    assert exp.heatmaps.shape == (3, *image.shape[:2]) and np.isfinite(exp.heatmaps).all()
+    assert all(exp.heatmaps[c].std() > 1e-3 for c in range(3)), "a constant concept map"
+    labels = model.config.id2label
+    assert len(exp.legend) == 3 and all(len(names) == 2 for names in exp.legend)
+    for c, names in enumerate(exp.legend):
+        assert all(labels[i] == label for i, label, _ in names)
+        assert names[0][2] >= names[1][2] and (exp.indices[c], exp.labels[c], exp.scores[c]) == names[0]
+    assert exp.figure().width > image.shape[1]  # the legend panel beside the picture

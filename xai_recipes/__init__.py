@@ -5,7 +5,7 @@
     >>> explanation.save("cat-gradcam.png")
 """
 
-from .cam import METHODS
+from .cam import ALL_METHODS, METHODS
 from .describe import Description, describe
 from .engine import explain
 from .errors import (
@@ -27,7 +27,7 @@ from .recipe import Recipe, conv_out, halvings, output_logits, tokens_to_map
 from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
 
 __all__ = [
-    "METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
+    "METHODS", "ALL_METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",

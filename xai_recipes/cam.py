@@ -62,14 +62,16 @@ def _key(name: str) -> str:
     return name.lower().replace("+", "p").replace("-", "").replace("_", "").replace(" ", "")
 
 
-_BY_KEY = {_key(n): n for n in METHODS}
+#: Every method ``explain`` runs: the CAM methods, then Deep Feature Factorization.
+ALL_METHODS: tuple[str, ...] = (*METHODS, "dff")
+_BY_KEY = {_key(n): n for n in ALL_METHODS}
 
 
 def method_name(method: str) -> str:
     """Canonical method name for ``method`` ("Grad-CAM++" → "gradcam++"), or UnknownMethodError."""
     found = _BY_KEY.get(_key(str(method)))
     if found is None:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise UnknownMethodError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
     return found
 
 
@@ -138,7 +140,7 @@ def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tenso
         return [torch.stack([g[i] for g in per_target]) for i in range(len(inputs))]
 
 
-def _as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
+def as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
     maps = recipe.reshape(tensor, model, input_hw) if recipe.reshape else tensor
     if maps.dim() != 4:
         raise RecipeError(f"recipe {recipe.name!r} gives activations of shape {tuple(maps.shape)}, not B×C×h×w")
@@ -184,7 +186,7 @@ def compute_cams(
         grads = [None] * len(layers)
     per_layer = []
     for layer, act, grad in zip(layers, capture.activations, grads):
-        act_maps = _as_maps(recipe, model, act.detach(), input_hw)
+        act_maps = as_maps(recipe, model, act.detach(), input_hw)
         if method == "scorecam":
             weights = np.concatenate([
                 _scorecam_weights(wrapped, pixel_values[b : b + 1], act_maps[b : b + 1], targets[b], SCORECAM_BATCH)
@@ -192,7 +194,7 @@ def compute_cams(
             ])
             cam.get_cam_weights = lambda *args, w=weights: w  # grad-cam's CAM formula with these weights
         act_np = act_maps.float().cpu().numpy().repeat(T, axis=0)
-        grad_np = None if grad is None else _as_maps(recipe, model, grad, input_hw).float().cpu().numpy()
+        grad_np = None if grad is None else as_maps(recipe, model, grad, input_hw).float().cpu().numpy()
         image = cam.get_cam_image(pixel_values, layer, cam_targets, act_np, grad_np, eigen_smooth=False)
         per_layer.append(scale_cam_image(np.maximum(image, 0), (input_hw[1], input_hw[0]))[:, None])
     maps = scale_cam_image(np.maximum(np.concatenate(per_layer, axis=1), 0).mean(axis=1))
@@ -203,7 +205,7 @@ def _ablation_cams(model: nn.Module, recipe: Recipe, image: torch.Tensor, target
     """AblationCAM through grad-cam's own class, on the image replicated once per target."""
     wrapped, layers = capture.wrapped, capture.layers
     input_hw = tuple(image.shape[-2:])
-    reshape = partial(_as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
+    reshape = partial(as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
     ablation = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
     try:
         with AblationCAM(model=wrapped, target_layers=layers, reshape_transform=reshape, ablation_layer=ablation) as cam:

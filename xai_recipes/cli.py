@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import METHODS, XAIRecipesError, describe, explain, list_recipes, plugins, recipes
+from . import ALL_METHODS, XAIRecipesError, describe, explain, list_recipes, plugins, recipes
 from .images import image_files
 
 
@@ -62,6 +62,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     results = explain(args.model, files, method=args.method, target=target, top_k=args.top_k, device=args.device,
                       recipe=args.recipe, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size,
+                      n_components=args.n_components,
                       on_error=report)
     rows, taken = [], set()
     for exp in tqdm(results, total=len(files), unit="image", file=sys.stderr, disable=args.quiet or None):
@@ -120,9 +121,10 @@ def parser() -> argparse.ArgumentParser:
                                     "readable with xai_recipes.load) per image into --out.")
     ex.add_argument("model", metavar="MODEL", help="hub id or local folder")
     ex.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
-    ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(METHODS)} (default gradcam)")
+    ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(ALL_METHODS)} (default gradcam)")
     ex.add_argument("--target", nargs="+", metavar="LABEL", help="label names or indices (default: top-k predictions)")
-    ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1)")
+    ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
+    ex.add_argument("--n-components", type=int, default=5, help="DFF: number of concepts (default 5)")
     ex.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     ex.add_argument("--device", help="e.g. cpu, cuda, cuda:1")
@@ -135,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(run=_list)
-    sub.add_parser("methods", help="available methods").set_defaults(run=lambda a: print("\n".join(METHODS)) or 0)
+    sub.add_parser("methods", help="available methods").set_defaults(run=lambda a: print("\n".join(ALL_METHODS)) or 0)
     de = sub.add_parser("describe", help="which recipe, layers and reshape MODEL would be explained with")
     de.add_argument("model", metavar="MODEL", help="hub id or local folder")
     de.add_argument("--recipe", help="recipe name, overriding dispatch by model type")

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from . import loading, registry
 from .cam import LogitsModel, compute_cams, forward_with_capture, method_name
+from .dff import factorize
 from .errors import ImageError, ImageSkippedWarning, XAIRecipesError
 from .explanation import Explanation
 from .geometry import Geometry, measure
@@ -62,6 +64,7 @@ class _Run:
     id2label: dict[int, str]
     wanted: list[int] | None
     top_k: int
+    n_components: int
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.processor(images=image, return_tensors="pt")["pixel_values"]
@@ -95,7 +98,10 @@ class _Run:
         model, recipe, id2label = self.model, self.recipe, self.id2label
         param = next(model.parameters())
         pixel_values = torch.cat([p for _, _, p in items]).to(param.device, param.dtype)
-        capture = forward_with_capture(LogitsModel(model, recipe), list(recipe.target_layers(model)), pixel_values)
+        if self.method == "dff":
+            capture, concepts = factorize(model, recipe, pixel_values, self.n_components)
+        else:
+            capture = forward_with_capture(LogitsModel(model, recipe), list(recipe.target_layers(model)), pixel_values)
         logits = capture.logits.detach()
         if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
             raise XAIRecipesError(
@@ -105,9 +111,18 @@ class _Run:
         probs = logits.float().softmax(-1)
         top5 = probs.topk(min(5, len(id2label)))
         k = min(self.top_k, len(id2label))
-        top_k = probs.topk(k).indices.tolist()
-        targets = [self.wanted or top_k[b] for b in range(len(items))]
-        maps = compute_cams(model, recipe, pixel_values, targets, self.method, capture)
+        if self.method == "dff":  # one map per concept, named by the concept's top class
+            maps = [c.maps for c in concepts]
+            targets = [c.probs.argmax(-1).tolist() for c in concepts]
+            scores = [c.probs.max(-1).tolist() for c in concepts]
+            legends = [[[(int(i), id2label[int(i)], float(row[i])) for i in np.argsort(-row)[:k]] for row in c.probs]
+                       for c in concepts]
+        else:
+            top_k = probs.topk(k).indices.tolist()
+            targets = [self.wanted or top_k[b] for b in range(len(items))]
+            maps = compute_cams(model, recipe, pixel_values, targets, self.method, capture)
+            scores = [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
+            legends = [None] * len(items)
         layers = module_names(model, capture.layers)
         results = []
         for b, (source, pil, _) in enumerate(items):
@@ -119,13 +134,14 @@ class _Run:
                 coverage=coverage,
                 indices=targets[b],
                 labels=[id2label[i] for i in targets[b]],
-                scores=[float(probs[b, i]) for i in targets[b]],
+                scores=scores[b],
                 predictions=[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])],
                 recipe=recipe.name,
                 method=self.method,
                 target_layers=layers,
                 source=source,
                 geometry=geometry,
+                legend=legends[b],
             ))
         return results
 
@@ -162,6 +178,7 @@ def explain(
     trust_remote_code: bool = False,
     batch_size: int = 8,
     on_error: OnError = "warn",
+    n_components: int = 5,
 ) -> Explanation | Iterator[Explanation]:
     """Explain an image classifier's decision on one image, or stream explanations of many.
 
@@ -170,10 +187,13 @@ def explain(
             ``*ForImageClassification`` model.
         image: path, PIL image or ``H×W×C`` array, any mode. A list (or iterator) of those, or
             a folder (searched recursively), gives a generator of explanations instead.
-        method: a CAM method name, see :data:`xai_recipes.METHODS`.
+        method: a CAM method name (see :data:`xai_recipes.METHODS`), or ``"dff"``: Deep Feature
+            Factorization into ``n_components`` concepts, one heatmap each, each concept named
+            by its top classes (``legend``) through the model's own head.
         target: label name (case-insensitive, any comma-separated synonym), class index, or a
-            list of them; ``None`` explains the ``top_k`` predictions.
-        top_k: how many top predictions to explain when ``target`` is None.
+            list of them; ``None`` explains the ``top_k`` predictions. (Not used by DFF.)
+        top_k: how many top predictions to explain when ``target`` is None; for DFF, how many
+            classes name each concept in the legend.
         processor: the image processor (loaded with the model when omitted).
         device: where to run; a model loaded by name is cached per device.
         recipe: recipe name or object, overriding dispatch by ``config.model_type``.
@@ -182,6 +202,7 @@ def explain(
         on_error: for many images, what happens to one that cannot be read or processed:
             ``"warn"`` (an :class:`ImageSkippedWarning`, then skip), ``"raise"``, or a callable
             ``on_error(source, error)`` (then skip).
+        n_components: DFF's number of concepts.
 
     Returns:
         An :class:`Explanation` whose ``heatmaps`` have the original image's size; for many
@@ -194,11 +215,16 @@ def explain(
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
     if on_error not in ("raise", "warn") and not callable(on_error):
         raise XAIRecipesError(f"on_error must be 'raise', 'warn' or a callable, got {on_error!r}")
+    if method == "dff" and target is not None:
+        raise XAIRecipesError("DFF names its concepts by the model's own classes; it takes no target (use top_k "
+                              "for how many classes name each concept)")
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise XAIRecipesError(f"n_components must be a positive integer, got {n_components!r}")
     model, processor = loading.load(model, processor, device, trust_remote_code)
     model.eval()  # explanations of the deterministic model: no dropout, BN running statistics
     chosen = registry.find_recipe(model, recipe)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    run = _Run(model, processor, chosen, method, id2label, resolve_targets(target, id2label), top_k)
+    run = _Run(model, processor, chosen, method, id2label, resolve_targets(target, id2label), top_k, n_components)
     if _is_many(image):
         return run.stream(_sources(image), batch_size, on_error)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None

@@ -13,11 +13,12 @@ import numpy as np
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from . import render
 from .errors import XAIRecipesError
 from .geometry import Geometry
 
 FORMAT = "xai-recipes.explanation/1"
-_METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source")
+_METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source", "legend")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Explanation:
         target_layers: names of the modules whose activations were used.
         source: where the image came from (its path, or ``<image i>`` in a list).
         geometry: the processor's measured map from model input to image pixels.
+        legend: DFF only: per concept (heatmap), the classes the model reads from it, as
+            ``(index, label, probability)``; ``indices``/``labels``/``scores`` hold the first.
     """
 
     image: Image.Image
@@ -48,6 +51,7 @@ class Explanation:
     target_layers: list[str] = field(default_factory=list)
     source: str | None = None
     geometry: Geometry | None = None
+    legend: list[list[tuple[int, str, float]]] | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed)."""
@@ -57,7 +61,9 @@ class Explanation:
         return Image.fromarray(out)
 
     def figure(self) -> Image.Image:
-        """All targets' overlays side by side."""
+        """All targets' overlays side by side; for DFF, the concepts in colour with their legend."""
+        if self.legend is not None:
+            return render.factorization(self.image, self.heatmaps, self.coverage, self.legend)
         overlays = [np.asarray(self.overlay(i)) for i in range(len(self.indices))]
         return Image.fromarray(np.hstack(overlays))
 
@@ -105,6 +111,8 @@ def load(path: str | os.PathLike) -> Explanation:
     geometry = info["geometry"]
     fields = {k: info[k] for k in _METADATA}
     fields["predictions"] = [tuple(p) for p in fields["predictions"]]
+    if fields["legend"] is not None:
+        fields["legend"] = [[tuple(name) for name in names] for names in fields["legend"]]
     return Explanation(
         image=Image.fromarray(image),
         heatmaps=heatmaps,

@@ -9,6 +9,7 @@ from .cam import ALL_METHODS, METHODS
 from .describe import Description, describe
 from .engine import explain
 from .errors import (
+    DatasetError,
     GeometryError,
     ImageError,
     ImageSkippedWarning,
@@ -22,13 +23,16 @@ from .errors import (
     XAIRecipesError,
 )
 from .explanation import Explanation, load
+from .gam import DinoGAMConfig, DinoGAMForImageClassification, gam_from_head
+from .gam_fit import FitReport, fit_gam, gam_from_sklearn
 from .hookspecs import hookimpl
-from .recipe import Recipe, conv_out, halvings, output_logits, tokens_to_map
+from .recipe import Recipe, conv_out, halvings, infer_grid, output_logits, tokens_to_map
 from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
 
 __all__ = [
-    "METHODS", "ALL_METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
-    "tokens_to_map", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
+    "METHODS", "ALL_METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
+    "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
+    "tokens_to_map", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
 ]

@@ -62,8 +62,8 @@ def _key(name: str) -> str:
     return name.lower().replace("+", "p").replace("-", "").replace("_", "").replace(" ", "")
 
 
-#: Every method ``explain`` runs: the CAM methods, then Deep Feature Factorization.
-ALL_METHODS: tuple[str, ...] = (*METHODS, "dff")
+#: Every method ``explain`` runs: the CAM methods, Deep Feature Factorization, exact patch contributions.
+ALL_METHODS: tuple[str, ...] = (*METHODS, "dff", "patch-contributions")
 _BY_KEY = {_key(n): n for n in ALL_METHODS}
 
 

@@ -1,4 +1,4 @@
-"""``xai-recipes`` command line: demo, explain, list, methods, describe, plugins.
+"""``xai-recipes`` command line: demo, explain, fit-gam, list, methods, describe, plugins.
 
 Exit codes: 0 success; 1 some images were skipped (each reported, the rest written);
 2 a bad model, label, method or option stopped the run (one line, ``--debug`` for the traceback).
@@ -82,6 +82,17 @@ def _explain(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def _fit_gam(args: argparse.Namespace) -> int:
+    from .gam_fit import fit_gam
+
+    model = fit_gam(args.backbone, args.folder, held_out=args.held_out, C=args.C, batch_size=args.batch_size,
+                    seed=args.seed, progress=not args.quiet, trust_remote_code=args.trust_remote_code)
+    model.save_pretrained(args.out)
+    print(model.fit_report)
+    print(f"GAM saved to {args.out}; explain it with: xai-recipes explain {args.out} IMAGE --method patch-contributions")
+    return 1 if model.fit_report.skipped else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     table = recipes()
     for name in list_recipes(args.pattern):
@@ -133,6 +144,20 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
     ex.set_defaults(run=_explain)
+
+    fit = sub.add_parser("fit-gam", help="fit a patch-embedding GAM (DINO-GAM) head on a frozen backbone",
+                         description="Embed FOLDER/<class>/<image> with the frozen BACKBONE, fit a logistic-regression "
+                                     "head, report held-out accuracy and save the GAM (safetensors + JSON) to --out.")
+    fit.add_argument("backbone", metavar="BACKBONE", help="hub id or folder of a backbone with patch tokens (DINO, ViT, ...)")
+    fit.add_argument("folder", metavar="FOLDER", help="images laid out as FOLDER/<class>/<image>")
+    fit.add_argument("--out", required=True, help="folder for the fitted GAM")
+    fit.add_argument("--held-out", type=float, default=0.2, help="share of each class kept for the accuracy report")
+    fit.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength (default 1)")
+    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--trust-remote-code", action="store_true")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(run=_fit_gam)
 
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")

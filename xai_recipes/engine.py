@@ -15,6 +15,7 @@ from torch import nn
 
 from . import loading, registry
 from .cam import LogitsModel, compute_cams, forward_with_capture, method_name
+from .contributions import patch_contributions, signed_maps
 from .dff import factorize
 from .errors import ImageError, ImageSkippedWarning, XAIRecipesError
 from .explanation import Explanation
@@ -101,7 +102,9 @@ class _Run:
         if self.method == "dff":
             capture, concepts = factorize(model, recipe, pixel_values, self.n_components)
         else:
-            capture = forward_with_capture(LogitsModel(model, recipe), list(recipe.target_layers(model)), pixel_values)
+            exact = self.method == "patch-contributions"
+            layers = [recipe.features(model)] if exact else list(recipe.target_layers(model))
+            capture = forward_with_capture(LogitsModel(model, recipe), layers, pixel_values)
         logits = capture.logits.detach()
         if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
             raise XAIRecipesError(
@@ -120,9 +123,14 @@ class _Run:
         else:
             top_k = probs.topk(k).indices.tolist()
             targets = [self.wanted or top_k[b] for b in range(len(items))]
-            maps = compute_cams(model, recipe, pixel_values, targets, self.method, capture)
             scores = [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
             legends = [None] * len(items)
+        raw = intercepts = None
+        if self.method == "patch-contributions":
+            raw, intercepts = patch_contributions(model, recipe, capture, targets, tuple(pixel_values.shape[-2:]))
+            maps = signed_maps(raw, tuple(pixel_values.shape[-2:]))
+        elif self.method != "dff":
+            maps = compute_cams(model, recipe, pixel_values, targets, self.method, capture)
         layers = module_names(model, capture.layers)
         results = []
         for b, (source, pil, _) in enumerate(items):
@@ -142,6 +150,8 @@ class _Run:
                 source=source,
                 geometry=geometry,
                 legend=legends[b],
+                contributions=None if raw is None else raw[b].cpu().numpy(),
+                intercepts=None if intercepts is None else intercepts[b].tolist(),
             ))
         return results
 
@@ -187,9 +197,11 @@ def explain(
             ``*ForImageClassification`` model.
         image: path, PIL image or ``H×W×C`` array, any mode. A list (or iterator) of those, or
             a folder (searched recursively), gives a generator of explanations instead.
-        method: a CAM method name (see :data:`xai_recipes.METHODS`), or ``"dff"``: Deep Feature
+        method: a CAM method name (see :data:`xai_recipes.METHODS`); ``"dff"``: Deep Feature
             Factorization into ``n_components`` concepts, one heatmap each, each concept named
-            by its top classes (``legend``) through the model's own head.
+            by its top classes (``legend``) through the model's own head; or
+            ``"patch-contributions"``: exact per-patch logit contributions of a linear head
+            (GAMs, average-pool + fc CNNs), raw numbers in ``contributions``.
         target: label name (case-insensitive, any comma-separated synonym), class index, or a
             list of them; ``None`` explains the ``top_k`` predictions. (Not used by DFF.)
         top_k: how many top predictions to explain when ``target`` is None; for DFF, how many

@@ -43,5 +43,9 @@ class GeometryError(XAIRecipesError, RuntimeError):
     """The image processor's resize/crop cannot be mapped back to the original image."""
 
 
+class DatasetError(XAIRecipesError, ValueError):
+    """A data folder cannot be used (e.g. fewer than two classes with images)."""
+
+
 class ImageSkippedWarning(UserWarning):
     """An image of a batch could not be explained and was skipped (the rest go on)."""

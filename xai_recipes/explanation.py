@@ -18,7 +18,8 @@ from .errors import XAIRecipesError
 from .geometry import Geometry
 
 FORMAT = "xai-recipes.explanation/1"
-_METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source", "legend")
+_METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source", "legend",
+             "intercepts")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Explanation:
         geometry: the processor's measured map from model input to image pixels.
         legend: DFF only: per concept (heatmap), the classes the model reads from it, as
             ``(index, label, probability)``; ``indices``/``labels``/``scores`` hold the first.
+        contributions, intercepts: patch contributions only: ``T×h×w`` per-patch logit
+            contributions (``contributions[t].sum() + intercepts[t]`` is the logit); there the
+            heatmaps are signed, in [-1, 1] (divided by the largest magnitude).
     """
 
     image: Image.Image
@@ -52,9 +56,13 @@ class Explanation:
     source: str | None = None
     geometry: Geometry | None = None
     legend: list[list[tuple[int, str, float]]] | None = None
+    contributions: np.ndarray | None = None
+    intercepts: list[float] | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed)."""
+        if self.contributions is not None:
+            return render.signed(self.image, self.heatmaps[i], self.coverage, image_weight)
         rgb = np.asarray(self.image, dtype=np.float32) / 255
         out = show_cam_on_image(rgb, self.heatmaps[i], use_rgb=True, image_weight=image_weight)
         out[~self.coverage] = (np.asarray(self.image)[~self.coverage] * 0.35).astype(np.uint8)
@@ -80,7 +88,8 @@ class Explanation:
             self.figure().save(path)
             return [path]
         arrays, meta = path.with_suffix(".npz"), path.with_suffix(".json")
-        np.savez_compressed(arrays, heatmaps=self.heatmaps, coverage=self.coverage, image=np.asarray(self.image))
+        extra = {} if self.contributions is None else {"contributions": self.contributions}
+        np.savez_compressed(arrays, heatmaps=self.heatmaps, coverage=self.coverage, image=np.asarray(self.image), **extra)
         info = {k: getattr(self, k) for k in _METADATA}
         info["geometry"] = dataclasses.asdict(self.geometry) if self.geometry else None
         meta.write_text(json.dumps({"format": FORMAT, "arrays": arrays.name, **info}, indent=1))
@@ -105,6 +114,7 @@ def load(path: str | os.PathLike) -> Explanation:
             raise ValueError(f"format {info.get('format')!r} is not {FORMAT!r}")
         with np.load(meta_path.with_name(info["arrays"]), allow_pickle=False) as arrays:
             heatmaps, coverage, image = arrays["heatmaps"], arrays["coverage"], arrays["image"]
+            contributions = arrays["contributions"] if "contributions" in arrays.files else None
     except (OSError, ValueError, KeyError) as exc:
         raise XAIRecipesError(f"cannot load an explanation from {path}: {exc}; pass the .npz or .json "
                               "written by Explanation.save()") from exc
@@ -118,5 +128,6 @@ def load(path: str | os.PathLike) -> Explanation:
         heatmaps=heatmaps,
         coverage=coverage,
         geometry=Geometry(**{k: tuple(v) for k, v in geometry.items()}) if geometry else None,
+        contributions=contributions,
         **fields,
     )

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+from . import gam
 from .errors import ModelLoadError, NotAnImageClassifierError
 from .lru import LRU
 
@@ -55,6 +56,9 @@ def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"cannot load a model config from {ref!r}: {exc}") from None
+    if config.model_type == gam.MODEL_TYPE:
+        model = gam.DinoGAMForImageClassification.from_pretrained(ref, trust_remote_code)
+        return model, model.processor
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(_CLASSIFIER_SUFFIXES) for a in archs):
         raise NotAnImageClassifierError(
@@ -114,6 +118,8 @@ def load(
     check_classifier(model)
     if device is not None:
         model.to(device)
+    if processor is None:
+        processor = getattr(model, "processor", None)  # models that carry their own (a fitted GAM)
     if processor is None and need_processor:
         source = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
         try:

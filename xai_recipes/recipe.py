@@ -85,6 +85,24 @@ def halvings(size: int, times: int) -> int:
     return size
 
 
+def infer_grid(n_tokens: int, input_hw: tuple[int, int], max_prefix: int = 16) -> tuple[tuple[int, int], int]:
+    """``((h, w), prefix)`` for ``n_tokens`` = prefix + h·w patch tokens of an input of ``input_hw``.
+
+    The grid must follow the input by one stride ``s`` (``h`` = ⌊H/s⌋ or ⌈H/s⌉, same for ``w``);
+    the fewest prefix (CLS, distillation, register) tokens that allow such a grid win.
+    Raises :class:`RecipeError` when none does.
+    """
+    H, W = input_hw
+    for prefix in range(min(max_prefix, n_tokens - 1) + 1):
+        n = n_tokens - prefix
+        for s in range(1, min(H, W) + 1):
+            for h in {H // s, -(-H // s)}:
+                for w in {W // s, -(-W // s)}:
+                    if h * w == n:
+                        return (h, w), prefix
+    raise RecipeError(f"{n_tokens} tokens fit no patch grid of a {H}×{W} input (with ≤ {max_prefix} prefix tokens)")
+
+
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
     """``B×N×C`` tokens → ``B×C×h×w``, dropping ``prefix`` leading (CLS/register) tokens.
 

@@ -45,3 +45,13 @@ def factorization(image: Image.Image, maps: np.ndarray, coverage: np.ndarray,
     out.paste(picture, (0, 0))
     out.paste(panel, (picture.width, 0))
     return out
+
+
+def signed(image: Image.Image, heatmap: np.ndarray, coverage: np.ndarray, image_weight: float = 0.5) -> Image.Image:
+    """A signed map in [-1, 1] over the image: red for positive evidence, blue for negative."""
+    rgb = np.asarray(image, np.float32)
+    pos, neg = heatmap.clip(0, 1)[..., None], (-heatmap).clip(0, 1)[..., None]
+    paint = pos * np.float32([230, 30, 30]) + neg * np.float32([30, 60, 230]) + (1 - pos - neg) * rgb
+    mixed = image_weight * rgb + (1 - image_weight) * paint
+    mixed[~coverage] = rgb[~coverage] * 0.35
+    return Image.fromarray(mixed.clip(0, 255).astype(np.uint8))

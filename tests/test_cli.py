@@ -76,7 +76,7 @@ def test_list_methods_describe_plugins(trained_dir, capsys):
     assert cli.main(["list", "*vi*"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["mobilevit", "vit"]
     assert cli.main(["methods"]) == 0
-    assert capsys.readouterr().out.split() == [*xai_recipes.METHODS, "dff"]
+    assert capsys.readouterr().out.split() == [*xai_recipes.METHODS, "dff", "patch-contributions"]
     assert cli.main(["describe", str(trained_dir / "swin"), "--format", "json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["recipe"] == "swin" and found["target_layers"] == ["swin.encoder.layers.1.blocks.1.layernorm_before"]

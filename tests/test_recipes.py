@@ -22,9 +22,22 @@ def tiny_timm_wrapper():
     return calibrate_batchnorm(TimmWrapperForImageClassification(config))
 
 
+def tiny_gam():
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    backbone = ViTModel(ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64), add_pooling_layer=False)
+    g = torch.Generator().manual_seed(0)
+    labels = [f"class {i}" for i in range(4)]
+    return xai_recipes.gam_from_head(backbone, torch.randn(4, 32, generator=g), torch.randn(4, generator=g), labels,
+                                     processor=ViTImageProcessor(size={"height": 64, "width": 64}))
+
+
 def builtin_models():
     models = {family: (lambda f=family: tiny_model(f)) for family in FAMILIES}
     models["timm_wrapper"] = tiny_timm_wrapper
+    models["dino_gam"] = tiny_gam
     return models
 
 

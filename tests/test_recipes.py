@@ -34,10 +34,21 @@ def tiny_gam():
                                      processor=ViTImageProcessor(size={"height": 64, "width": 64}))
 
 
+def tiny_timm_vit(**kwargs):
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=32, depth=2,
+                            num_heads=2, num_classes=4, reg_tokens=4, dynamic_img_size=True, **kwargs)
+    return xai_recipes.wrap_timm_model(vit, labels=[f"class {i}" for i in range(4)])[0]
+
+
 def builtin_models():
     models = {family: (lambda f=family: tiny_model(f)) for family in FAMILIES}
     models["timm_wrapper"] = tiny_timm_wrapper
     models["dino_gam"] = tiny_gam
+    models["timm_vit"] = tiny_timm_vit
+    models["timm_vit_gap"] = lambda: tiny_timm_vit(global_pool="avg", class_token=False)
     return models
 
 

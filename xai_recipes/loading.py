@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from . import gam
+from . import gam, timm_models
 from .errors import ModelLoadError, NotAnImageClassifierError
 from .lru import LRU
 
@@ -52,6 +52,8 @@ def check_classifier(model: Any) -> None:
 def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     if ref.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(ref)):
         raise ModelLoadError(f"model folder {ref!r} does not exist; pass a local folder or a hub id like 'microsoft/resnet-50'")
+    if timm_models.is_timm_folder(ref):
+        return timm_models.load_timm_folder(ref)
     try:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except Exception as exc:
@@ -115,6 +117,9 @@ def load(
         hit = cache.get_or_make((ref, str(device), trust_remote_code), make)
         return hit[0], processor if processor is not None else hit[1]
 
+    if timm_models.is_timm_model(model):
+        model, wrapped_processor = timm_models.wrap_timm_model(model)
+        processor = processor if processor is not None else wrapped_processor
     check_classifier(model)
     if device is not None:
         model.to(device)

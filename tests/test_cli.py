@@ -74,7 +74,7 @@ def test_bad_model_and_debug_traceback(tmp_path, folder, capsys):
 
 def test_list_methods_describe_plugins(trained_dir, capsys):
     assert cli.main(["list", "*vi*"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["mobilevit", "vit"]
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["mobilevit", "timm_vit", "timm_vit_gap", "vit"]
     assert cli.main(["methods"]) == 0
     assert capsys.readouterr().out.split() == [*xai_recipes.METHODS, "dff", "patch-contributions"]
     assert cli.main(["describe", str(trained_dir / "swin"), "--format", "json"]) == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import BeitConfig, BeitForImageClassification, ViTConfig, ViTImageProcessor, ViTModel
+from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 import xai_recipes
 from xai_recipes import (
@@ -27,12 +27,13 @@ def resnet():
     return tiny_model("resnet")
 
 
-def test_unknown_family_lists_recipes_and_the_fixes():
-    config = BeitConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3)
+def test_unknown_family_that_cannot_be_derived_lists_recipes_and_the_fixes():
+    from test_derive import FlatForImageClassification
+
     with pytest.raises(NoRecipeError) as err:
-        explain(BeitForImageClassification(config).eval(), IMAGE, processor=PROCESSOR)
+        explain(FlatForImageClassification(), IMAGE, processor=PROCESSOR)
     msg = str(err.value)
-    assert "'beit'" in msg and "resnet" in msg and "recipe=" in msg and "register_recipes" in msg
+    assert "'flat'" in msg and "resnet" in msg and "recipe=" in msg and "register_recipes" in msg
 
 
 def test_unknown_recipe_name():

@@ -13,6 +13,9 @@ import transformers as T
 from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
+#: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
+DERIVED = ("efficientnet", "poolformer", "pvt_v2")
+TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
 _CROP = {"size": {"shortest_edge": 64}, "crop_pct": 0.875}  # microsoft/resnet-50-style resize + crop
@@ -48,7 +51,28 @@ def tiny_config(family: str) -> T.PretrainedConfig:
             image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], hidden_sizes=[16, 24, 32],
             expand_ratio=2.0, num_attention_heads=2, output_stride=8, **_LABELS,  # dilated: 8×8 at 64 px
         )
+    if family == "efficientnet":  # strides cut to a stride-8 last map, like the others
+        return T.EfficientNetConfig(image_size=64, width_coefficient=0.25, depth_coefficient=0.34,
+                                    strides=[1, 2, 2, 1, 1, 1, 1], hidden_dim=320, **_LABELS)
+    if family == "poolformer":
+        return T.PoolFormerConfig(num_encoder_blocks=2, depths=[1, 2], hidden_sizes=[32, 64], patch_sizes=[7, 3],
+                                  strides=[4, 2], padding=[2, 1], pool_size=3, mlp_ratio=2.0, **_LABELS)
+    if family == "pvt_v2":
+        return T.PvtV2Config(num_encoder_blocks=2, depths=[1, 2], hidden_sizes=[32, 64], patch_sizes=[7, 3], strides=[4, 2],
+                             num_attention_heads=[1, 2], sr_ratios=[2, 1], mlp_ratios=[2, 2], **_LABELS)
     raise KeyError(family)
+
+
+def tiny_timm_vit_reg():
+    """A timm ViT with 4 register tokens and a GAP head (``vit_*_reg4_gap``-style), wrapped, with
+    timm's own eval transform (resize + centre crop 0.9) as its processor."""
+    import timm
+
+    import xai_recipes
+
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=64, depth=3,
+                            num_heads=4, reg_tokens=4, global_pool="avg", class_token=False, num_classes=len(SHAPES))
+    return xai_recipes.wrap_timm_model(vit, labels=list(SHAPES))
 
 
 def tiny_processor(family: str):
@@ -60,4 +84,10 @@ def tiny_processor(family: str):
         return T.SegformerImageProcessor(size={"height": 64, "width": 64})
     if family == "mobilevit":  # resize short side, centre-crop, RGB→BGR like apple/mobilevit-small
         return T.MobileViTImageProcessor(size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}, do_flip_channel_order=True)
+    if family == "efficientnet":  # google/efficientnet-b0-style: resize, centre crop
+        return T.EfficientNetImageProcessor(size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64}, do_center_crop=True)
+    if family == "poolformer":  # sail/poolformer_s12-style: shortest edge + crop_pct 0.9
+        return T.PoolFormerImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, crop_pct=0.9)
+    if family == "pvt_v2":
+        return T.PvtImageProcessor(size={"height": 64, "width": 64})
     raise KeyError(family)

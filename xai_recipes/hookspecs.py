@@ -5,6 +5,10 @@ A plugin is any module (or object) with functions marked ``@hookimpl``, announce
 
     [project.entry-points.xai_recipes]
     my_family = "my_package.my_recipe"
+
+Every hook is documented in ``docs/hooks.md`` (arguments, when it is called, an example), and
+``tests/test_hookspecs.py`` fails for a hook without a docstring, documentation or test. The
+complete example plugin is ``examples/xai-recipes-deit``.
 """
 
 from __future__ import annotations
@@ -21,4 +25,17 @@ hookimpl = pluggy.HookimplMarker("xai_recipes")
 
 @hookspec
 def register_recipes(register: Callable[[Recipe], None]) -> None:
-    """Register recipes by calling ``register(Recipe(...))`` once per recipe."""
+    """Register recipes by calling ``register(Recipe(...))`` once per recipe.
+
+    Called once per plugin, when the plugin is added to the registry: for plugins announced in
+    the ``xai_recipes`` entry-point group, on the first use of the registry in a process
+    (``explain``, ``describe``, ``find_recipe``, ``plugins``, ...); for plugins passed to
+    :func:`xai_recipes.register_plugin`, at that call.
+
+    Args:
+        register: call it with each :class:`xai_recipes.Recipe` the plugin provides. Anything
+            else, or a recipe name that is already registered, makes the whole plugin fail.
+
+    Returns nothing. If the hook raises, none of the plugin's recipes is kept: the plugin is
+    skipped with a ``RuntimeWarning`` and its error is shown by ``xai-recipes plugins``.
+    """

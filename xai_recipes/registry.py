@@ -134,10 +134,11 @@ def get_recipe(name: str) -> Recipe:
     return found
 
 
-def find_recipe(model: nn.Module, recipe: str | Recipe | None = None) -> Recipe:
+def find_recipe(model: nn.Module, recipe: str | Recipe | None = None, derive: bool = True) -> Recipe:
     """The recipe for ``model``: ``recipe`` if given (name or object), else the registered one
     serving its ``config.model_type``. Several candidates: the one with a ``matches`` function
-    that accepts the model wins over a plain one; ties go to the alphabetically first plugin."""
+    that accepts the model wins over a plain one; ties go to the alphabetically first plugin.
+    None: a recipe derived by probing the model (see :mod:`xai_recipes.derive`), if ``derive``."""
     if isinstance(recipe, Recipe):
         return recipe
     if recipe is not None:
@@ -146,8 +147,16 @@ def find_recipe(model: nn.Module, recipe: str | Recipe | None = None) -> Recipe:
     if candidates:
         return min(candidates, key=lambda r: (r.matches is None, r.plugin, r.name))
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    reason = ""
+    if derive:
+        from .derive import derive as derive_recipe
+
+        try:
+            return derive_recipe(model)
+        except NoRecipeError as exc:
+            reason = f" No recipe could be derived either: {exc}."
     raise NoRecipeError(
-        f"no recipe for model type {model_type!r} ({type(model).__name__}). Registered recipes: "
+        f"no recipe for model type {model_type!r} ({type(model).__name__}).{reason} Registered recipes: "
         f"{', '.join(list_recipes())}. Pass recipe='<name>' to use one of them anyway, or write a "
         "plugin: a module with a @xai_recipes.hookimpl register_recipes(register) function, "
         f"announced in the {ENTRY_POINT_GROUP!r} entry-point group."

@@ -19,10 +19,10 @@ import transformers as T
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from synthetic import make_set  # noqa: E402
-from tiny import FAMILIES, tiny_config, tiny_processor  # noqa: E402
+from tiny import DERIVED, FAMILIES, TIMM, tiny_config, tiny_processor, tiny_timm_vit_reg  # noqa: E402
 
 TRAIN_SIZES = [(64, 64), (72, 72), (80, 80), (64, 80), (80, 64), (72, 96), (96, 72), (88, 88)]
-LR = {"vit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3}
+LR = {"vit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3, "pvt_v2": 2e-3, "timm_vit_reg": 1e-3}
 BATCH = {"mobilevit": 32}  # HF MobileViT is slow on CPU (unfold/fold per block)
 
 
@@ -34,11 +34,14 @@ def pixels(processor, samples) -> torch.Tensor:
 def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float = 0.97) -> None:
     torch.manual_seed(0)
     batch = BATCH.get(family, 64)
-    processor = tiny_processor(family)
+    if family in TIMM:
+        model, processor = tiny_timm_vit_reg()
+    else:
+        processor = tiny_processor(family)
+        model = T.AutoModelForImageClassification.from_config(tiny_config(family))
     train_set, val_set = make_set(1, n_train, TRAIN_SIZES), make_set(2, 500, TRAIN_SIZES)
     x, y = pixels(processor, train_set), torch.tensor([s.label for s in train_set])
     xv, yv = pixels(processor, val_set).float(), torch.tensor([s.label for s in val_set])
-    model = T.AutoModelForImageClassification.from_config(tiny_config(family))
     for m in model.modules():  # transformers starts some families' BN gammas near 0: train from 1/0
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             torch.nn.init.ones_(m.weight)
@@ -67,11 +70,17 @@ def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float 
                 break
     model.eval()
     out = HERE / family
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    if family in TIMM:  # timm's own hub layout (config.json + model.safetensors), as on the hub
+        import timm
+
+        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+        timm.models.save_for_hf(model.timm_model, out, model_config={"label_names": labels}, safe_serialization=True)
+    else:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
     (out / "TRAINING.txt").write_text(f"steps={step} val_acc={acc:.3f} seconds={time.time() - t0:.0f}\n")
 
 
 if __name__ == "__main__":
-    for fam in sys.argv[1:] or FAMILIES:
+    for fam in sys.argv[1:] or FAMILIES + DERIVED + TIMM:
         train(fam)

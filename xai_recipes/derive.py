@@ -1,0 +1,235 @@
+"""Derived recipes: for an image classifier no recipe serves, find one by probing the model.
+
+One forward pass of a random batch of two images records every module's output. Candidates
+are blocks (children of a ``ModuleList``/``Sequential``), norm and activation layers and the base
+model's own children (not attention internals) whose output is a
+spatial map of the input: ``B×C×h×w``, channels-last ``B×h×w×C``, or tokens ``B×(k + h·w)×C``
+with ``k`` prefix (CLS, register) tokens, where ``h×w`` follows the input size by one stride
+(``infer_grid``). The target layer is the *last* candidate whose spatial positions receive
+gradient from the logits — a CLS-token model's final norm does not (only its CLS token does),
+so, as in the hand-written ViT recipe, the last block's input norm is chosen. For DFF the
+last spatial candidate of all is the feature layer, and the head is the module that turns its
+pooled output (mean, or the first token) into the logits — verified numerically, or left out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import NoRecipeError, RecipeError
+from .recipe import Recipe, infer_grid, output_logits, tokens_to_map
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+_derived: weakref.WeakKeyDictionary[nn.Module, Recipe | str] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+@dataclass
+class _Seen:
+    name: str
+    module: nn.Module
+    output: torch.Tensor
+    layout: str  # "maps", "channels_last" or "tokens"
+    grid: tuple[int, int]
+    prefix: int
+    order: int
+
+
+def _input_size(config: Any) -> tuple[int, int]:
+    for source in (config, getattr(config, "vision_config", None)):
+        size = getattr(source, "image_size", None) if source is not None else None
+        if size:
+            return (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    return 224, 224
+
+
+def _channels(config: Any) -> int:
+    for source in (config, getattr(config, "vision_config", None)):
+        n = getattr(source, "num_channels", None) if source is not None else None
+        if n:
+            return int(n)
+    return 3
+
+
+def _layout(t: torch.Tensor, batch: int, hw: tuple[int, int]) -> tuple[str, tuple[int, int], int] | None:
+    """How ``t`` is spatial in the input of size ``hw``, if it is."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape[0] != batch:
+        return None
+    if t.dim() == 4:
+        for layout, (h, w) in (("maps", t.shape[2:]), ("channels_last", t.shape[1:3])):
+            if h * w >= 4 and _stride_fits((h, w), hw):
+                return layout, (int(h), int(w)), 0
+    if t.dim() == 3 and t.shape[1] >= 4:
+        try:
+            grid, prefix = infer_grid(t.shape[1], hw)
+        except RecipeError:
+            return None
+        if grid[0] * grid[1] >= 4 and t.shape[2] > 1:
+            return "tokens", grid, prefix
+    return None
+
+
+def _stride_fits(grid: tuple[int, int], hw: tuple[int, int]) -> bool:
+    try:
+        return infer_grid(grid[0] * grid[1], hw, max_prefix=0)[0] == tuple(grid)
+    except RecipeError:
+        return False
+
+
+def _candidate(name: str, module: nn.Module, parents: dict[int, nn.Module]) -> bool:
+    """Main-stream modules: blocks, norm and activation layers, and the base model's own
+    children — not the internals of an attention (its projections do not carry the feature map)."""
+    if not name or any("attention" in part or part in ("attn", "mlp") for part in name.split(".")[:-1]):
+        return False
+    parent = parents.get(id(module))
+    kind = type(module)
+    return (isinstance(module, _NORMS) or "Norm" in kind.__name__ or name.count(".") <= 1
+            or kind.__module__ == "torch.nn.modules.activation" or "Activation" in kind.__name__
+            or isinstance(parent, (nn.ModuleList, nn.Sequential)))
+
+
+def _to_maps(layout: str) -> Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor] | None:
+    if layout == "maps":
+        return None
+    if layout == "channels_last":
+        return lambda x, m, hw: x.permute(0, 3, 1, 2)
+
+    def tokens(x: torch.Tensor, m: nn.Module, hw: tuple[int, int]) -> torch.Tensor:
+        grid, prefix = infer_grid(x.shape[1], hw)
+        return tokens_to_map(x, grid, prefix)
+
+    return tokens
+
+
+def _probe(model: nn.Module, forward_kwargs: dict[str, Any]) -> tuple[list[_Seen], torch.Tensor]:
+    hw = _input_size(model.config)
+    param = next(model.parameters())
+    x = torch.randn(2, _channels(model.config), *hw, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    seen: dict[int, _Seen] = {}
+    runs: dict[int, int] = {}
+    order = [0]
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            runs[id(module)] = runs.get(id(module), 0) + 1
+            found = _layout(output, 2, hw)
+            if found:
+                order[0] += 1
+                seen[id(module)] = _Seen(name, module, output, *found, order[0])
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _candidate(n, m, parents)]
+    try:
+        with torch.enable_grad():
+            logits = output_logits(model(pixel_values=x, **forward_kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    once = [s for s in seen.values() if runs[id(s.module)] == 1]  # a layer run twice cannot be hooked per pass
+    return sorted(once, key=lambda s: s.order), logits
+
+
+def _spatial_grad(seen: list[_Seen], logits: torch.Tensor) -> list[bool]:
+    outputs = [s.output for s in seen]
+    grads = torch.autograd.grad(logits.max(-1).values.sum(), outputs, allow_unused=True)
+    flags = []
+    for s, g in zip(seen, grads):
+        if g is None:
+            flags.append(False)
+            continue
+        spatial = g[:, s.prefix:] if s.layout == "tokens" else g
+        flags.append(bool(spatial.abs().amax() > 1e-12))
+    return flags
+
+
+def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor) -> tuple[Callable | None, str, str]:
+    """(head factory, pooling, how) such that head(pool(feature output)) == logits, or (None, "mean", why not)."""
+    out = feature.output.detach()
+    pooled = {"mean": (out.mean((2, 3)) if feature.layout == "maps" else
+                       out.mean((1, 2)) if feature.layout == "channels_last" else out[:, feature.prefix:].mean(1))}
+    if feature.layout == "tokens" and feature.prefix:
+        pooled["cls"] = out[:, 0]
+    names = {id(m): n for n, m in model.named_modules()}
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == logits.shape[-1]]
+    norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm,)) and m.normalized_shape[-1] == out.shape[-1 if feature.layout != "maps" else 1]]
+    for linear in reversed(linears):
+        for chain in [[], *[[n] for n in reversed(norms)]]:
+            head = nn.Sequential(*chain, linear)
+            for pooling, vec in pooled.items():
+                with torch.no_grad():
+                    try:
+                        ok = torch.allclose(head(vec), logits.detach(), atol=1e-4, rtol=1e-3)
+                    except RuntimeError:
+                        ok = False
+                if ok:
+                    path = [names[id(m)] for m in chain + [linear]]
+                    return (lambda m, p=path: nn.Sequential(*[m.get_submodule(n) for n in p])), pooling, " + ".join(path)
+    return None, "mean", "no linear head reproduces the logits from it (DFF unavailable)"
+
+
+def derive(model: nn.Module) -> Recipe:
+    """A recipe for ``model`` found by probing it, or :class:`NoRecipeError` saying why not."""
+    with _lock:
+        cached = _derived.get(model)
+        if cached is None:
+            try:
+                cached = _derive(model)
+            except NoRecipeError as exc:
+                cached = str(exc)
+            _derived[model] = cached
+    if isinstance(cached, str):
+        raise NoRecipeError(cached)
+    return cached
+
+
+def _derive(model: nn.Module) -> Recipe:
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    takes = inspect.signature(model.forward).parameters
+    kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in takes else {}
+    was_training = model.training
+    model.eval()
+    try:
+        seen, logits = _probe(model, kwargs)
+        if logits.dim() != 2:
+            raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: its logits are {tuple(logits.shape)}, not B×labels")
+        flags = _spatial_grad(seen, logits) if seen else []
+    except NoRecipeError:
+        raise
+    except Exception as exc:  # a model that cannot run a plain probe: say so, typed
+        raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: the probe forward pass failed "
+                            f"({type(exc).__name__}: {exc}); pass recipe= or write a recipe plugin") from None
+    finally:
+        model.train(was_training)
+    targets = [s for s, ok in zip(seen, flags) if ok]
+    if not targets:
+        raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: no block or norm layer outputs a spatial "
+                            "map (B×C×h×w, or tokens on a patch grid) that the logits depend on position by position; "
+                            "pass recipe= or write a recipe plugin")
+    target = targets[-1]
+    feature = [s for s in seen if s.layout == target.layout][-1]
+    head, pooling, how = _head(model, feature, logits)
+    layout = {"maps": "B×C×h×w map", "channels_last": "B×h×w×C map",
+              "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
+    why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "
+           f"{_input_size(model.config)[0]}×{_input_size(model.config)[1]}) gets gradient at every position; "
+           f"DFF features {feature.name}, head {how} ({pooling} pooling)")
+    return Recipe(
+        name=f"derived:{model_type}",
+        model_types=(model_type,),
+        target_layers=lambda m, n=target.name: [m.get_submodule(n)],
+        reshape=_to_maps(target.layout),
+        head=head,
+        feature_layer=lambda m, n=feature.name: m.get_submodule(n),
+        pooling=pooling if pooling in ("mean", "cls") else "mean",
+        forward_kwargs=kwargs,
+        description=why,
+        plugin="xai_recipes (derived)",
+    )

@@ -85,7 +85,8 @@ def test_two_plugins_for_one_model_type_dispatch_deterministically(fresh):
 def test_no_recipe_when_only_other_types_are_registered(fresh):
     xai_recipes.register_plugin(plugin_module("vit_only", recipe("v", model_types=("vit",))))
     with pytest.raises(NoRecipeError, match="no recipe for model type 'resnet'"):
-        xai_recipes.find_recipe(tiny_model("resnet"))
+        xai_recipes.find_recipe(tiny_model("resnet"), derive=False)
+    assert xai_recipes.find_recipe(tiny_model("resnet")).name == "derived:resnet"  # unless derived
 
 
 def test_register_wants_recipes(fresh):

@@ -85,8 +85,9 @@ def _stride_fits(grid: tuple[int, int], hw: tuple[int, int]) -> bool:
 
 def _candidate(name: str, module: nn.Module, parents: dict[int, nn.Module]) -> bool:
     """Main-stream modules: blocks, norm and activation layers, and the base model's own
-    children — not the internals of an attention (its projections do not carry the feature map)."""
-    if not name or any("attention" in part or part in ("attn", "mlp") for part in name.split(".")[:-1]):
+    children — not the internals of an attention or MLP (they do not carry the feature map)."""
+    inner = ("attention", "attn", "mlp", "intermediate", "ffn", "feed_forward")
+    if not name or any(word in part for part in name.split(".")[:-1] for word in inner):
         return False
     parent = parents.get(id(module))
     kind = type(module)
@@ -108,8 +109,17 @@ def _to_maps(layout: str) -> Callable[[torch.Tensor, nn.Module, tuple[int, int]]
     return tokens
 
 
-def _probe(model: nn.Module, forward_kwargs: dict[str, Any]) -> tuple[list[_Seen], torch.Tensor]:
-    hw = _input_size(model.config)
+def find_logits(output: Any) -> torch.Tensor:
+    """``output.logits``, else the output's only ``B×labels`` tensor (some models put it elsewhere)."""
+    if isinstance(output, torch.Tensor) or getattr(output, "logits", None) is not None:
+        return output_logits(output)
+    tensors = [v for v in (output.values() if hasattr(output, "values") else []) if isinstance(v, torch.Tensor) and v.dim() == 2]
+    if len(tensors) != 1:
+        raise NoRecipeError(f"the model's output {type(output).__name__} has no logits")
+    return tensors[0]
+
+
+def _probe(model: nn.Module, forward_kwargs: dict[str, Any], hw: tuple[int, int]) -> tuple[list[_Seen], torch.Tensor]:
     param = next(model.parameters())
     x = torch.randn(2, _channels(model.config), *hw, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
@@ -129,12 +139,28 @@ def _probe(model: nn.Module, forward_kwargs: dict[str, Any]) -> tuple[list[_Seen
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _candidate(n, m, parents)]
     try:
         with torch.enable_grad():
-            logits = output_logits(model(pixel_values=x, **forward_kwargs))
+            logits = find_logits(model(pixel_values=x, **forward_kwargs))
     finally:
         for h in handles:
             h.remove()
     once = [s for s in seen.values() if runs[id(s.module)] == 1]  # a layer run twice cannot be hooked per pass
     return sorted(once, key=lambda s: s.order), logits
+
+
+def _scales_with_input(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int],
+                       seen: list[_Seen]) -> tuple[list[_Seen], bool]:
+    """Keep the candidates whose grid follows a second, wider input (a Perceiver's latents, say,
+    look like a 16×16 grid but do not move with the input). Models that take one input size
+    only cannot be checked: then all candidates stay, and the description says so."""
+    wider = (hw[0], hw[1] + max(hw[1] // 2, 16) // 16 * 16)
+    try:
+        with torch.no_grad():
+            again, _ = _probe(model, kwargs, wider)
+    except Exception:  # noqa: BLE001 - fixed-size models refuse other sizes
+        return seen, False
+    grids = {s.name: (s.layout, s.grid, s.prefix) for s in again}
+    return [s for s in seen if s.name in grids and grids[s.name][0] == s.layout and grids[s.name][2] == s.prefix
+            and grids[s.name][1][0] == s.grid[0] and grids[s.name][1][1] > s.grid[1]], True
 
 
 def _spatial_grad(seen: list[_Seen], logits: torch.Tensor) -> list[bool]:
@@ -175,6 +201,15 @@ def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor) -> tuple[Calla
     return None, "mean", "no linear head reproduces the logits from it (DFF unavailable)"
 
 
+def _interpolates(model: nn.Module) -> bool:
+    """Whether ``interpolate_pos_encoding=True`` reaches position embeddings (any input size)."""
+    takes = inspect.signature(model.forward).parameters
+    if "interpolate_pos_encoding" in takes:
+        return True
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
+    return var_kw and any("interpolate_pos_encoding" in inspect.signature(m.forward).parameters for m in model.modules())
+
+
 def derive(model: nn.Module) -> Recipe:
     """A recipe for ``model`` found by probing it, or :class:`NoRecipeError` saying why not."""
     with _lock:
@@ -192,12 +227,19 @@ def derive(model: nn.Module) -> Recipe:
 
 def _derive(model: nn.Module) -> Recipe:
     model_type = getattr(model.config, "model_type", type(model).__name__)
-    takes = inspect.signature(model.forward).parameters
-    kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in takes else {}
+    kwargs = {"interpolate_pos_encoding": True} if _interpolates(model) else {}
     was_training = model.training
     model.eval()
     try:
-        seen, logits = _probe(model, kwargs)
+        hw = _input_size(model.config)
+        try:
+            seen, logits = _probe(model, kwargs, hw)
+        except Exception:  # noqa: BLE001 - passed through **kwargs to a forward that does not take it
+            if not kwargs:
+                raise
+            kwargs = {}
+            seen, logits = _probe(model, kwargs, hw)
+        seen, checked = _scales_with_input(model, kwargs, hw, seen)
         if logits.dim() != 2:
             raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: its logits are {tuple(logits.shape)}, not B×labels")
         flags = _spatial_grad(seen, logits) if seen else []
@@ -220,11 +262,13 @@ def _derive(model: nn.Module) -> Recipe:
               "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
     why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "
            f"{_input_size(model.config)[0]}×{_input_size(model.config)[1]}) gets gradient at every position; "
-           f"DFF features {feature.name}, head {how} ({pooling} pooling)")
+           f"DFF features {feature.name}, head {how} ({pooling} pooling)"
+           + ("" if checked else "; the model takes one input size, so the grid was not checked at a second one"))
     return Recipe(
         name=f"derived:{model_type}",
         model_types=(model_type,),
         target_layers=lambda m, n=target.name: [m.get_submodule(n)],
+        logits=find_logits,
         reshape=_to_maps(target.layout),
         head=head,
         feature_layer=lambda m, n=feature.name: m.get_submodule(n),

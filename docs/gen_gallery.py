@@ -1,0 +1,455 @@
+"""Regenerate the recipe gallery from the registry:
+
+    python docs/gen_gallery.py
+
+Writes ``docs/gallery/index.md`` and one ``docs/gallery/<recipe>.md`` (+ figures under
+``docs/gallery/img/``) for every recipe in ``xai_recipes.recipes()`` — the built-in ones and those
+of any installed plugin — and deletes pages and figures of recipes that are no longer registered.
+Each page shows what the recipe declares (module docstring, the ``Recipe(...)`` source and the
+module-level definitions it uses), how ``describe()`` resolves it on an example model, GradCAM for
+two targets and Deep Feature Factorization rendered by the engine, and the recipe's rows of the
+coverage table (``docs/coverage.json``, when present).
+
+Example models (``EXAMPLES``): the trained tiny models of ``tests/trained/<family>`` on the bundled
+synthetic image ``docs/gallery/img/example.png`` (made once with ``tests/synthetic.py`` if missing),
+the real ImageNet EfficientNet-Lite0 of ``xai_recipes.demo`` on its CC0 cat photo, and tiny random
+models where nothing trained exists. A recipe without an example model (e.g. a third-party
+plugin's) gets a page without figures. ``tests/test_gallery.py`` fails when a registered built-in
+recipe has no page, when a page has no registered recipe, or when a page's source excerpt is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+GALLERY = DOCS / "gallery"
+IMG = GALLERY / "img"
+EXAMPLE_IMAGE = IMG / "example.png"
+TRAINED = ROOT / "tests" / "trained"
+COVERAGE_JSON = DOCS / "coverage.json"
+COVERAGE_MD = DOCS / "coverage.md"
+
+EXAMPLE_SEED, EXAMPLE_SIZE, EXAMPLE_LABEL = 1, (176, 224), "triangle"  # make_sample(rng(1), 176, 224) draws a triangle
+SECOND_TARGET = "square"  # a class that is not in the picture: where would the model see one?
+TRAINED_FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
+THUMB = "gradcam"  # the figure shown on the index page
+
+
+# --------------------------------------------------------------------------------------------
+# Example models
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    """One model (a folder path or a loaded model) and one image to explain it on."""
+
+    model: Any
+    image: Any  # path or H×W×3 array
+    about: str  # one markdown sentence: which model, which image
+    target: list | None = None  # two targets; None: the model's top-2 predictions
+    processor: Any = None
+    n_components: int = 3
+
+
+def example_image() -> Path:
+    """The bundled synthetic example (``docs/gallery/img/example.png``), made once if missing."""
+    if not EXAMPLE_IMAGE.is_file():
+        import numpy as np
+        from PIL import Image
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from synthetic import SHAPES, make_sample
+
+        sample = make_sample(np.random.default_rng(EXAMPLE_SEED), *EXAMPLE_SIZE)
+        assert SHAPES[sample.label] == EXAMPLE_LABEL, "tests/synthetic.py changed: pick EXAMPLE_SEED/EXAMPLE_LABEL again"
+        IMG.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.image).save(EXAMPLE_IMAGE, optimize=True)
+    return EXAMPLE_IMAGE
+
+
+def trained(family: str) -> Callable[[], Example | None]:
+    def build() -> Example | None:
+        folder = TRAINED / family
+        if not (folder / "config.json").is_file():
+            return None
+        return Example(
+            folder, example_image(),
+            f"the tiny {family} trained on the synthetic shapes task (`tests/trained/{family}`, 4 classes: "
+            f"disc, square, triangle, cross), on the bundled example image (a {EXAMPLE_LABEL} on grey clutter)",
+            target=[EXAMPLE_LABEL, SECOND_TARGET],
+        )
+    return build
+
+
+def demo_efficientnet() -> Example:
+    import numpy as np
+    from PIL import Image
+
+    from xai_recipes import demo
+
+    folder = demo.build_demo_model(demo.default_folder())
+    cat = Image.fromarray(demo.photos()["cat"])
+    cat = np.asarray(cat.resize((cat.width * 224 // cat.height, 224), Image.BICUBIC))  # small figures
+    return Example(
+        folder, cat,
+        "the real ImageNet EfficientNet-Lite0 of `xai-recipes demo` (timm `tf_efficientnet_lite0` in a Hugging Face "
+        "folder), on scikit-image's CC0 photo `chelsea`",
+        target=["Egyptian cat", "lynx"], n_components=4,
+    )
+
+
+def _labels(n: int = 4) -> list[str]:
+    return [f"class {i}" for i in range(n)]
+
+
+def tiny_timm_vit(**kwargs) -> tuple[Any, Any]:
+    """As in tests/test_recipes.py: a random timm ViT (4 register tokens), wrapped."""
+    import timm
+    import torch
+
+    import xai_recipes
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=32, depth=2,
+                            num_heads=2, num_classes=4, reg_tokens=4, dynamic_img_size=True, **kwargs)
+    return xai_recipes.wrap_timm_model(vit, labels=_labels())
+
+
+RANDOM = "random weights: the maps show the mechanics — layer, reshape, mapping back onto the image — not meaning"
+
+
+def random_timm_vit() -> Example:
+    model, processor = tiny_timm_vit()
+    return Example(model, example_image(), f"a tiny timm ViT with a CLS token and 4 register tokens ({RANDOM}), "
+                   "on the bundled example image", processor=processor)
+
+
+def timm_vit_gap() -> Example:
+    folder = TRAINED / "timm_vit_reg"
+    if (folder / "config.json").is_file():
+        return Example(folder, example_image(),
+                       "the tiny timm ViT with 4 register tokens and a GAP head trained on the synthetic shapes task "
+                       "(`tests/trained/timm_vit_reg`), on the bundled example image",
+                       target=[EXAMPLE_LABEL, SECOND_TARGET])
+    model, processor = tiny_timm_vit(global_pool="avg", class_token=False)
+    return Example(model, example_image(), f"a tiny timm ViT with 4 register tokens and a GAP head ({RANDOM}), "
+                   "on the bundled example image", processor=processor)
+
+
+def random_gam() -> Example:
+    """As in tests/test_recipes.py: a random ViT backbone with a random linear head on its patch tokens."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    import xai_recipes
+
+    torch.manual_seed(0)
+    backbone = ViTModel(ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64), add_pooling_layer=False)
+    g = torch.Generator().manual_seed(0)
+    model = xai_recipes.gam_from_head(backbone, torch.randn(4, 32, generator=g), torch.randn(4, generator=g), _labels(),
+                                      processor=ViTImageProcessor(size={"height": 64, "width": 64}))
+    return Example(model, example_image(), f"a tiny DINO-style GAM: a ViT backbone with a linear head on its patch "
+                   f"tokens ({RANDOM}), on the bundled example image")
+
+
+#: recipe name → example-model builder (returns None when its model is not available)
+EXAMPLES: dict[str, Callable[[], Example | None]] = {
+    **{family: trained(family) for family in TRAINED_FAMILIES},
+    "timm_wrapper": demo_efficientnet,
+    "timm_vit": random_timm_vit,
+    "timm_vit_gap": timm_vit_gap,
+    "dino_gam": random_gam,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Source excerpts
+# --------------------------------------------------------------------------------------------
+
+def recipe_module(recipe) -> Any:
+    """The module that defines ``recipe`` (where its ``target_layers`` function was written)."""
+    module = sys.modules.get(getattr(recipe.target_layers, "__module__", None) or "")
+    return module if module is not None else inspect.getmodule(recipe.target_layers)
+
+
+def _is_recipe_call(node: ast.AST, name: str) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    return called == "Recipe" and any(
+        k.arg == "name" and isinstance(k.value, ast.Constant) and k.value.value == name for k in node.keywords)
+
+
+def _lines(source_lines: list[str], stmt: ast.stmt) -> str:
+    start = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", []))])
+    return "".join(source_lines[start - 1:stmt.end_lineno]).rstrip()
+
+
+def recipe_blocks(source: str, name: str) -> list[str]:
+    """The top-level statement(s) of ``source`` holding ``Recipe(name="<name>", ...)``."""
+    lines = source.splitlines(keepends=True)
+    return [_lines(lines, stmt) for stmt in ast.parse(source).body
+            if any(_is_recipe_call(node, name) for node in ast.walk(stmt))]
+
+
+def recipe_source(recipe) -> tuple[str, str]:
+    """``(where, excerpt)``: the ``Recipe(...)`` statement(s) of ``recipe`` and every module-level
+    definition they use (helpers such as ``grid``/``reshape``, shared keyword dicts), in source
+    order. The whole module when the ``Recipe(name=...)`` call cannot be found."""
+    module = recipe_module(recipe)
+    source = inspect.getsource(module)
+    where = f"module `{module.__name__}`"
+    try:
+        path = Path(inspect.getsourcefile(module)).resolve()
+        where = f"`{path.relative_to(ROOT).as_posix()}` (module `{module.__name__}`)"
+    except (TypeError, ValueError):
+        pass
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    defs: dict[str, ast.stmt] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defs[stmt.name] = stmt
+        elif isinstance(stmt, ast.Assign):
+            defs.update({t.id: stmt for t in stmt.targets if isinstance(t, ast.Name)})
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            defs[stmt.target.id] = stmt
+    roots = [stmt for stmt in tree.body if any(_is_recipe_call(node, recipe.name) for node in ast.walk(stmt))]
+    if not roots:
+        return where, source.rstrip()
+    chosen, todo = {id(s): s for s in roots}, list(roots)
+    while todo:
+        for node in ast.walk(todo.pop()):
+            stmt = defs.get(node.id) if isinstance(node, ast.Name) else None
+            if stmt is not None and id(stmt) not in chosen:
+                chosen[id(stmt)] = stmt
+                todo.append(stmt)
+    ordered = sorted(chosen.values(), key=lambda s: s.lineno)
+    return where, "\n\n\n".join(_lines(lines, s) for s in ordered)
+
+
+# --------------------------------------------------------------------------------------------
+# Pages
+# --------------------------------------------------------------------------------------------
+
+def save_png(image, path: Path) -> str:
+    """Small committed files: 256 colours (median cut, no dithering: deterministic for equal pixels)."""
+    from PIL import Image
+
+    image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path.name
+
+
+def coverage_rows(name: str) -> list[dict] | None:
+    """This recipe's rows of ``docs/coverage.json``; None when there is no coverage table."""
+    if not COVERAGE_JSON.is_file():
+        return None
+    rows = json.loads(COVERAGE_JSON.read_text())
+    if isinstance(rows, dict):  # tolerate {"rows": [...]}
+        rows = rows.get("rows", [])
+    return [r for r in rows if isinstance(r, dict) and r.get("recipe") == name]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        value = f"{value:.3g}"
+    elif isinstance(value, dict):  # e.g. {"64x64": "ok", "64x96": "ok"}
+        value = ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
+    elif not isinstance(value, str):
+        value = json.dumps(value)
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _scores(exp) -> str:
+    return ", ".join(f"**{label.split(',')[0]}** ({score:.2f})" for label, score in zip(exp.labels, exp.scores))
+
+
+def render_examples(name: str, example: Example) -> tuple[list[str], str | None]:
+    """The page's example section and the thumbnail's file name (None if GradCAM failed)."""
+    import xai_recipes
+
+    out: list[str] = [f"Example model: {example.about}.", ""]
+    thumb = None
+    kwargs = dict(processor=example.processor, recipe=name)
+    try:
+        desc = xai_recipes.describe(example.model, recipe=name)
+        out += ["`xai_recipes.describe(model, recipe=...)` on it:", "", "```text", str(desc), "```", "",
+                "Target layer(s) on this model: " + ", ".join(f"`{t}`" for t in desc.target_layers) + ".", ""]
+    except Exception as exc:  # a page is still written
+        out += [f"`describe()` failed on this model: `{type(exc).__name__}: {exc}`", ""]
+
+    out += ["### GradCAM, two targets", ""]
+    try:
+        target = {"target": example.target} if example.target else {"top_k": 2}
+        exp = xai_recipes.explain(example.model, example.image, **target, **kwargs)
+        file = save_png(exp.figure(), IMG / f"{name}-gradcam.png")
+        thumb = file
+        how = "the targets asked for" if example.target else "the model's top-2 predictions"
+        out += [f"`explain(model, image, target=...)` — {how}: {_scores(exp)}, at `{', '.join(exp.target_layers)}`:", "",
+                f"![GradCAM of {name} for two targets](img/{file})", ""]
+    except Exception as exc:
+        out += [f"GradCAM failed on this model: `{type(exc).__name__}: {exc}`", ""]
+
+    out += ["### Deep Feature Factorization", ""]
+    try:
+        exp = xai_recipes.explain(example.model, example.image, method="dff", n_components=example.n_components,
+                                  top_k=2, **kwargs)
+        file = save_png(exp.figure(), IMG / f"{name}-dff.png")
+        out += [f"`explain(model, image, method=\"dff\", n_components={example.n_components}, top_k=2)`: each colour "
+                "is one concept of the layer the classifier pools, named by the recipe's head (legend: the two "
+                "classes it reads most, with probabilities):", "",
+                f"![DFF concepts of {name}](img/{file})", ""]
+    except Exception as exc:
+        out += [f"DFF is not available for this recipe on this model: `{type(exc).__name__}: {exc}`", ""]
+    return out, thumb
+
+
+def render_page(recipe, plugin, example: Example | None) -> tuple[str, str | None]:
+    module = recipe_module(recipe)
+    doc = inspect.cleandoc(module.__doc__ or "") if module is not None else ""
+    dist = f"`{plugin.distribution}` {plugin.version}" if plugin and plugin.distribution else "none (registered at run time)"
+    where, excerpt = recipe_source(recipe)
+    out = [
+        f"# {recipe.name}", "",
+        recipe.description or "*(no description)*", "",
+        "| | |", "|---|---|",
+        f"| Model types | {', '.join(f'`{t}`' for t in recipe.model_types)} |",
+        f"| Plugin | `{recipe.plugin}`, distribution {dist} |",
+        f"| Pooling (DFF) | `{recipe.pooling}` |",
+        f"| Forward kwargs | {', '.join(f'`{k}={v!r}`' for k, v in recipe.forward_kwargs.items()) or '—'} |",
+        f"| Refined by `matches` | {'yes' if recipe.matches else 'no'} |",
+        "",
+        "## How it explains", "",
+        doc or "*(the recipe's module has no docstring)*", "",
+        "## Declared in source", "",
+        f"{where}: the `Recipe(...)` and the module-level definitions it uses.", "",
+        "```python", excerpt, "```", "",
+        "## On an example model", "",
+    ]
+    thumb = None
+    if example is None:
+        out += ["No example model is registered for this recipe in `docs/gen_gallery.py` (`EXAMPLES`), so "
+                "there are no figures. Add a builder there to get them.", ""]
+    else:
+        section, thumb = render_examples(recipe.name, example)
+        out += section
+    out += ["## Coverage", ""]
+    rows = coverage_rows(recipe.name)
+    if rows:
+        out += ["This recipe's rows of the [coverage table](../coverage.md):" if COVERAGE_MD.is_file()
+                else "This recipe's rows of the coverage table:", "", markdown_table(rows), ""]
+    else:
+        out += ["Not in the coverage table yet.", ""]
+    out += ["---", "", "*Generated by `python docs/gen_gallery.py` from the recipe registry; do not edit by hand.*", ""]
+    return "\n".join(out), thumb
+
+
+def render_index(entries: list[tuple[Any, str | None]]) -> str:
+    out = [
+        "# Recipe gallery", "",
+        "One page per registered recipe — the built-in ones and those of installed plugins — generated from the "
+        "registry by `python docs/gen_gallery.py`: the model types it serves, the layer and reshape it declares, "
+        "and GradCAM and Deep Feature Factorization figures rendered by the engine on an example model.", "",
+    ]
+    if COVERAGE_MD.is_file():
+        out += ["How every recipe fares across model types: the [coverage table](../coverage.md).", ""]
+    out += ["| Recipe | Model types | Plugin | Example (GradCAM, two targets) | Declares |", "|---|---|---|---|---|"]
+    for recipe, thumb in entries:
+        picture = f"![{recipe.name}](img/{thumb}){{ width=\"240\" }}" if thumb else "*(no example model)*"
+        out.append(f"| [{recipe.name}]({recipe.name}.md) | {', '.join(f'`{t}`' for t in recipe.model_types)} | "
+                   f"`{recipe.plugin}` | {picture} | {_cell(recipe.description)} |")
+    out += ["", "The example image of the trained tiny models (a synthetic shape on grey clutter; "
+            "`docs/gallery/img/example.png`):", "", "![example image](img/example.png)", "",
+            "---", "", "*Generated by `python docs/gen_gallery.py`; do not edit by hand.*", ""]
+    return "\n".join(out)
+
+
+def generate(only: list[str] | None = None) -> list[str]:
+    """Write the gallery; returns the names of the recipes it covers."""
+    import torch
+    import transformers
+
+    import xai_recipes
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    IMG.mkdir(parents=True, exist_ok=True)
+    example_image()
+
+    recipes = xai_recipes.recipes()
+    plugins = {p.name: p for p in xai_recipes.plugins()}
+    names = sorted(recipes)
+    for stale in GALLERY.glob("*.md"):  # pages of recipes that are gone
+        if stale.name != "index.md" and stale.stem not in recipes:
+            stale.unlink()
+    for stale in IMG.glob("*-*.png"):
+        if stale.name.rsplit("-", 1)[0] not in recipes:
+            stale.unlink()
+
+    entries = []
+    for name in names:
+        recipe = recipes[name]
+        page = GALLERY / f"{name}.md"
+        if only and name not in only and page.is_file():
+            entries.append((recipe, f"{name}-{THUMB}.png" if (IMG / f"{name}-{THUMB}.png").is_file() else None))
+            continue
+        t0 = time.perf_counter()
+        for old in IMG.glob(f"{name}-*.png"):
+            if old.name.rsplit("-", 1)[0] == name:
+                old.unlink()
+        builder = EXAMPLES.get(name)
+        example = None
+        if builder is not None:
+            try:
+                example = builder()
+            except Exception as exc:
+                print(f"{name}: example model unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        text, thumb = render_page(recipe, plugins.get(recipe.plugin), example)
+        page.write_text(text)
+        entries.append((recipe, thumb))
+        print(f"{name:14} {time.perf_counter() - t0:5.1f}s  {page.relative_to(ROOT)}")
+    (GALLERY / "index.md").write_text(render_index(entries))
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="*", help="regenerate only these pages (the index always); default: all")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    names = generate(args.recipes or None)
+    print(f"{len(names)} recipes, {time.perf_counter() - t0:.1f}s -> {GALLERY.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

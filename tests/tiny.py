@@ -14,7 +14,7 @@ from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
-DERIVED = ("efficientnet", "poolformer", "pvt_v2")
+DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2")
 TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
@@ -60,6 +60,10 @@ def tiny_config(family: str) -> T.PretrainedConfig:
     if family == "pvt_v2":
         return T.PvtV2Config(num_encoder_blocks=2, depths=[1, 2], hidden_sizes=[32, 64], patch_sizes=[7, 3], strides=[4, 2],
                              num_attention_heads=[1, 2], sr_ratios=[2, 1], mlp_ratios=[2, 2], **_LABELS)
+    if family == "bit":
+        return T.BitConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="bottleneck", num_groups=8, **_LABELS)
+    if family == "mobilenet_v2":  # dilated to output stride 8, as the config allows
+        return T.MobileNetV2Config(image_size=64, depth_multiplier=0.35, output_stride=8, **_LABELS)
     raise KeyError(family)
 
 
@@ -90,4 +94,8 @@ def tiny_processor(family: str):
         return T.PoolFormerImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, crop_pct=0.9)
     if family == "pvt_v2":
         return T.PvtImageProcessor(size={"height": 64, "width": 64})
+    if family == "bit":  # google/bit-50-style: shortest edge + centre crop
+        return T.BitImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    if family == "mobilenet_v2":
+        return T.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
     raise KeyError(family)

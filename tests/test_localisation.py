@@ -16,7 +16,7 @@ strict xfails with the numbers, so an improvement shows up as a failure to updat
 import numpy as np
 import pytest
 from synthetic import make_set
-from tiny import FAMILIES
+from tiny import DERIVED, FAMILIES, TIMM
 
 from xai_recipes import explain
 
@@ -61,7 +61,17 @@ def params(families, reasons):
     return [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=reasons[f])) if f in reasons else f for f in families]
 
 
-@pytest.mark.parametrize("family", params(FAMILIES, NOT_LOCALISED))
+#: Architectures with no hand-written recipe (derived recipes), and timm's ViT with registers.
+DERIVED_NOT_LOCALISED = {
+    "efficientnet": "0.60 at the derived layer (top_activation): the 1×1 head conv spreads the class",
+    "poolformer": "0.43 at the derived layer (final norm): pooling token mixers spread the class",
+    "pvt_v2": "0.07: same mixer as SegFormer (0.10 there); the class code sits on background tokens",
+    "textnet": "0.62 at the derived layer (last stage)",
+    "timm_vit_reg": "0.60: registers + GAP head; the class still spreads over the patch tokens",
+}
+
+
+@pytest.mark.parametrize("family", params(FAMILIES, NOT_LOCALISED) + params(DERIVED + TIMM, DERIVED_NOT_LOCALISED))
 def test_gradcam_peak_lies_on_the_object(family, trained_dir):
     accuracy, hits, random_hits = localisation(family, "gradcam", trained_dir)
     assert accuracy >= 0.9, f"{family}: the trained model itself is wrong ({accuracy:.2f})"

@@ -14,7 +14,7 @@ from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
-DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2")
+DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "textnet")
 TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
@@ -64,6 +64,10 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         return T.BitConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="bottleneck", num_groups=8, **_LABELS)
     if family == "mobilenet_v2":  # dilated to output stride 8, as the config allows
         return T.MobileNetV2Config(image_size=64, depth_multiplier=0.35, output_stride=8, **_LABELS)
+    if family == "textnet":  # two stages: stride 8
+        return T.TextNetConfig(stem_out_channels=16, image_size=64, hidden_sizes=[16, 32, 64],
+                               conv_layer_kernel_sizes=[[[3, 3], [3, 3]], [[3, 3], [1, 3], [3, 1]]],
+                               conv_layer_strides=[[2, 1], [2, 1, 1]], **_LABELS)
     raise KeyError(family)
 
 
@@ -96,6 +100,8 @@ def tiny_processor(family: str):
         return T.PvtImageProcessor(size={"height": 64, "width": 64})
     if family == "bit":  # google/bit-50-style: shortest edge + centre crop
         return T.BitImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    if family == "textnet":
+        return T.TextNetImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=True)
     if family == "mobilenet_v2":
         return T.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
     raise KeyError(family)

@@ -67,6 +67,7 @@ DERIVED_NOT_LOCALISED = {
     "poolformer": "0.43 at the derived layer (final norm): pooling token mixers spread the class",
     "pvt_v2": "0.07: same mixer as SegFormer (0.10 there); the class code sits on background tokens",
     "textnet": "0.62 at the derived layer (last stage)",
+    "mobilenet_v2": "0.08 at the derived layer (conv_1x1 after dilated stride-8 stages): at chance",
     "timm_vit_reg": "0.60: registers + GAP head; the class still spreads over the patch tokens",
 }
 

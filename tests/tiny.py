@@ -14,7 +14,7 @@ from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
-DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "textnet")
+DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet")
 TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}

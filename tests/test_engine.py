@@ -170,3 +170,18 @@ def test_threads_sharing_one_model_get_the_serial_maps(models):
     for i, maps in enumerate(results):
         np.testing.assert_allclose(maps, serial[i % 8], atol=1e-5)
     assert all_hooks(model) == 0
+
+
+def test_end_to_end_maps_equal_gradcam_when_the_processor_keeps_the_size(models):
+    """No resize: the measured geometry is exactly the identity, so explain()'s image-sized maps
+    are grad-cam's maps on the model input (nothing lost in the warp back)."""
+    model = models["vit"]
+    image = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    exp = explain(model, image, processor=PROCESSOR, target=[1, 2])
+    assert exp.geometry.scale == (1.0, 1.0) and exp.geometry.offset == (0.0, 0.0)
+    recipe = xai_recipes.find_recipe(model)
+    x = PROCESSOR(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
+    reshape = lambda t: recipe.reshape(t, model, (64, 64))  # noqa: E731
+    with METHODS["gradcam"](model=LogitsModel(model, recipe), target_layers=list(recipe.target_layers(model)), reshape_transform=reshape) as cam:
+        reference = cam(input_tensor=x.repeat(2, 1, 1, 1), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
+    np.testing.assert_allclose(exp.heatmaps, reference, atol=1e-5)

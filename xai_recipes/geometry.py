@@ -4,8 +4,9 @@ Image processors resize, centre-crop, rescale, normalise and sometimes flip chan
 that is affine per axis and per channel, so instead of re-implementing every processor's
 arithmetic we *measure* it: the processor is run on a black, a white, a horizontal-ramp and a
 vertical-ramp image of the original size, and a straight line fitted through the decoded ramps
-gives, for each axis, ``original = scale · input + offset`` (pixel centres). Heatmaps are then
-warped back with that map; pixels the model never saw get 0 and ``coverage = False``.
+gives, for each axis, ``original = scale · input + offset`` (pixel centres). A fit within 8-bit
+quantisation of a plain whole-axis resize (or no resize) is snapped to that exact map. Heatmaps
+are then warped back with that map; pixels the model never saw get 0 and ``coverage = False``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ def measure(preprocess: Preprocess, image_size: tuple[int, int]) -> Geometry:
         raise GeometryError("the image processor maps black and white to the same values; cannot measure it")
     dx = ((run(ramp_x) - black) / span).mean(axis=(0, 1))  # profile along input columns
     dy = ((run(ramp_y) - black) / span).mean(axis=(0, 2))  # profile along input rows
-    ax, bx = _fit_axis(dx, W)
-    ay, by = _fit_axis(dy, H)
-    return Geometry((H, W), tuple(black.shape[-2:]), (ay, ax), (by, bx))
+    h, w = black.shape[-2:]
+    ax, bx = _snap(*_fit_axis(dx, W), W, w)
+    ay, by = _snap(*_fit_axis(dy, H), H, h)
+    return Geometry((H, W), (h, w), (ay, ax), (by, bx))
+
+
+def _snap(a: float, b: float, extent: int, n: int) -> tuple[float, float]:
+    """The exact map when the fit is a whole-axis resize (or none) up to 8-bit ramp quantisation:
+    ``scale = extent / n`` and pixel centres aligned, ``offset = (scale - 1) / 2``."""
+    exact = extent / n
+    offset = (exact - 1) / 2
+    if abs(a - exact) <= 0.005 * exact and abs(b - offset) <= 0.25 * max(exact, 1):
+        return exact, offset
+    return a, b

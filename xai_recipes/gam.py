@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PretrainedCo
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .errors import ModelLoadError, RecipeError
+from .recipe import infer_grid
 
 MODEL_TYPE = "dino_gam"
 HEAD_FILE = "head.safetensors"
@@ -58,13 +59,6 @@ class DinoGAMForImageClassification(nn.Module):
         self.register_buffer("scale", torch.ones(config.hidden_size))
 
     @staticmethod
-    def prefix_tokens(tokens: torch.Tensor, input_hw: tuple[int, int]) -> int:
-        """How many leading CLS/register tokens precede the patch grid."""
-        from .recipe import infer_grid
-
-        return infer_grid(tokens.shape[1], input_hw)[1]
-
-    @staticmethod
     def run_backbone(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """The backbone's ``last_hidden_state``, ``B×tokens×C`` (any input size where it can)."""
         takes = inspect.signature(backbone.forward).parameters
@@ -78,10 +72,15 @@ class DinoGAMForImageClassification(nn.Module):
                               "backbone whose last_hidden_state is B×tokens×C (a ViT) or a B×C×h×w map")
         return hidden
 
+    @classmethod
+    def patch_tokens(cls, backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's patch tokens ``B×(h·w)×C``: leading CLS/register tokens counted off by
+        the grid that fits the input size."""
+        hidden = cls.run_backbone(backbone, pixel_values)
+        return hidden[:, infer_grid(hidden.shape[1], tuple(pixel_values.shape[-2:]))[1]:]
+
     def forward(self, pixel_values: torch.Tensor, **_: Any) -> ImageClassifierOutput:
-        hidden = self.run_backbone(self.backbone, pixel_values)
-        patches = hidden[:, self.prefix_tokens(hidden, tuple(pixel_values.shape[-2:])):]
-        patches = self.tokens((patches - self.shift) / self.scale)
+        patches = self.tokens((self.patch_tokens(self.backbone, pixel_values) - self.shift) / self.scale)
         pooled = patches.mean(1) if self.config.pooling == "mean" else patches.sum(1)
         return ImageClassifierOutput(logits=self.classifier(pooled))
 

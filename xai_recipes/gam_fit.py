@@ -24,7 +24,6 @@ from transformers import AutoImageProcessor
 from .errors import DatasetError, ImageError, ImageSkippedWarning, ModelLoadError
 from .gam import DinoGAMForImageClassification, gam_from_head, load_backbone
 from .images import image_files, load_image
-from .recipe import infer_grid
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 #: scikit-learn types a skops head file may hold without ``trusted=`` (linear classifiers).
@@ -80,10 +79,9 @@ def embed_images(backbone: nn.Module, processor: Any, files: list[tuple[Path, in
     def flush() -> None:
         pixels = torch.cat([p for p, _ in batch])
         with torch.no_grad():
-            hidden = DinoGAMForImageClassification.run_backbone(backbone, pixels)
-        prefix = infer_grid(hidden.shape[1], tuple(pixels.shape[-2:]))[1]
-        feats.append(hidden[:, prefix:].mean(1).float().numpy())
-        squares.append(hidden[:, prefix:].square().mean(1).float().numpy())
+            patches = DinoGAMForImageClassification.patch_tokens(backbone, pixels).float()
+        feats.append(patches.mean(1).numpy())
+        squares.append(patches.square().mean(1).numpy())
         labels.extend(label for _, label in batch)
         batch.clear()
 

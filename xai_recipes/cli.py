@@ -36,7 +36,10 @@ def _inputs(paths: list[str]) -> list[str]:
     """Files as given, folders expanded to their image files (recursively, sorted)."""
     out: list[str] = []
     for p in paths:
-        out.extend(str(f) for f in image_files(p)) if Path(p).is_dir() else out.append(p)
+        if Path(p).is_dir():
+            out.extend(str(f) for f in image_files(p))
+        else:
+            out.append(p)
     return out
 
 

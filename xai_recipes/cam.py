@@ -56,6 +56,9 @@ METHODS: dict[str, type[BaseCAM]] = {
     "ablationcam": AblationCAM,
 }
 SCORECAM_BATCH = 32  # masked inputs per forward pass
+#: grad-cam's classes want a model, but their CAM formulas (get_cam_image) never touch it: this
+#: parameter-holding stand-in saves walking the real model in BaseCAM.__init__ on every call.
+_FORMULA_HOST = nn.Linear(1, 1)
 
 
 def _key(name: str) -> str:
@@ -177,7 +180,7 @@ def compute_cams(
     if method == "ablationcam":
         return np.stack([_ablation_cams(model, recipe, pixel_values[b : b + 1], targets[b], capture) for b in range(B)])
 
-    cam = cls(model=wrapped, target_layers=[])  # grad-cam's formulas, none of its hooks
+    cam = cls(model=_FORMULA_HOST, target_layers=[])  # grad-cam's formulas only: no hooks, no model.eval() walk
     if cam.uses_gradients:
         index = torch.tensor(targets, device=capture.logits.device)
         selected = capture.logits.gather(1, index).sum(0)  # T: images are independent, so one sum per target

@@ -70,10 +70,12 @@ class _Run:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.processor(images=image, return_tensors="pt")["pixel_values"]
 
+    def __post_init__(self) -> None:
+        p = self.processor  # the geometry cache key, serialised once per call, not once per image
+        self.processor_key = p.to_json_string() if hasattr(p, "to_json_string") else id(p)
+
     def geometry(self, size: tuple[int, int]) -> Geometry:
-        p = self.processor
-        key = p.to_json_string() if hasattr(p, "to_json_string") else id(p)
-        return _geometries.get_or_make((key, size), lambda: measure(self.preprocess, size))
+        return _geometries.get_or_make((self.processor_key, size), lambda: measure(self.preprocess, size))
 
     def prepare(self, source: str | None, image: ImageInput) -> tuple[str | None, Image.Image, torch.Tensor]:
         pil = load_image(image)

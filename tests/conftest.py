@@ -40,3 +40,20 @@ def tiny_model(family: str) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def trained_dir():
     return TRAINED
+
+
+def assert_head_reproduces_logits(model: torch.nn.Module, size: tuple[int, int]) -> None:
+    """The recipe's head (for DFF): the feature layer's output, pooled as the recipe says (mean
+    over positions, or the CLS token), through the head gives the model's logits."""
+    import xai_recipes
+    from xai_recipes.cam import LogitsModel, forward_with_capture
+
+    recipe = xai_recipes.find_recipe(model)
+    cap = forward_with_capture(LogitsModel(model, recipe), [recipe.features(model)], torch.randn(1, 3, *size))
+    out = cap.activations[0].detach()
+    if recipe.pooling == "cls":
+        pooled = out[:, 0]
+    else:
+        pooled = (recipe.reshape(out, model, size) if recipe.reshape else out).mean(dim=(2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(recipe.head(model)(pooled), cap.logits.detach(), atol=1e-4, rtol=1e-4)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import calibrate_batchnorm, tiny_model
+from conftest import assert_head_reproduces_logits, calibrate_batchnorm, tiny_model
 from tiny import FAMILIES
 from transformers import ViTImageProcessor
 
@@ -88,21 +88,7 @@ def test_heatmaps_have_image_shape_and_real_values(family_model, size):
 
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_declared_head_reproduces_the_logits(family):
-    """The recipe's head (for DFF): the feature layer's output, pooled as the recipe says (mean
-    over positions, or the CLS token), through the head gives the model's logits."""
-    model = MODELS[family]()
-    recipe = xai_recipes.find_recipe(model)
-    from xai_recipes.cam import LogitsModel, forward_with_capture
-
-    x = torch.randn(1, 3, 64, 96)
-    cap = forward_with_capture(LogitsModel(model, recipe), [recipe.features(model)], x)
-    out = cap.activations[0].detach()
-    if recipe.pooling == "cls":
-        pooled = out[:, 0]
-    else:
-        pooled = (recipe.reshape(out, model, (64, 96)) if recipe.reshape else out).mean(dim=(2, 3))
-    with torch.no_grad():
-        torch.testing.assert_close(recipe.head(model)(pooled), cap.logits.detach(), atol=1e-4, rtol=1e-4)
+    assert_head_reproduces_logits(MODELS[family](), (64, 96))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

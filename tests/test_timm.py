@@ -6,6 +6,8 @@ import timm
 import torch
 from transformers import ViTImageProcessor
 
+from conftest import assert_head_reproduces_logits
+
 import xai_recipes
 from xai_recipes import ModelLoadError, NoRecipeError, explain
 
@@ -50,17 +52,7 @@ def test_model_objects_dispatch_and_give_image_shaped_maps(name, size):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_declared_head_reproduces_the_logits(name):
-    model = build(name)
-    wrapped, _ = xai_recipes.wrap_timm_model(model)
-    recipe = xai_recipes.find_recipe(wrapped)
-    from xai_recipes.cam import LogitsModel, forward_with_capture
-
-    x = torch.randn(1, 3, 64, 64)
-    cap = forward_with_capture(LogitsModel(wrapped, recipe), [recipe.features(wrapped)], x)
-    out = cap.activations[0].detach()
-    pooled = out[:, 0] if recipe.pooling == "cls" else (recipe.reshape(out, wrapped, (64, 64)) if recipe.reshape else out).mean((2, 3))
-    with torch.no_grad():
-        torch.testing.assert_close(recipe.head(wrapped)(pooled), cap.logits.detach(), atol=1e-4, rtol=1e-4)
+    assert_head_reproduces_logits(xai_recipes.wrap_timm_model(build(name))[0], (64, 64))
 
 
 @pytest.mark.parametrize("name", ["vit_reg4_gap", "efficientnet"])

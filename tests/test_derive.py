@@ -51,7 +51,7 @@ def test_architectures_without_a_recipe_are_explained_by_a_derived_one(name, mak
     described = xai_recipes.describe(model)
     assert described.recipe == exp.recipe and described.target_layers == exp.target_layers
     assert "derived:" in described.description and "gets gradient at every position" in described.description
-    if name == "deit":  # logits = mean of two heads on two tokens: no single head to name concepts with
+    if name in ("deit", "pp_lcnet"):  # DeiT: mean of two heads on two tokens; PP-LCNet: conv + act after pooling
         assert "DFF unavailable" in described.description
         with pytest.raises(xai_recipes.RecipeError, match="declares no head"):
             explain(model, IMAGE, processor=PROCESSOR, method="dff")

@@ -66,7 +66,7 @@ DERIVED_NOT_LOCALISED = {
     "efficientnet": "0.60 at the derived layer (top_activation): the 1×1 head conv spreads the class",
     "poolformer": "0.43 at the derived layer (final norm): pooling token mixers spread the class",
     "pvt_v2": "0.07: same mixer as SegFormer (0.10 there); the class code sits on background tokens",
-    "textnet": "0.62 at the derived layer (last stage)",
+    "textnet": "0.77 at the derived layer (last stage): peaks on the object's edge (0.98 within 4 px of the box)",
     "mobilenet_v2": "0.08 at the derived layer (conv_1x1 after dilated stride-8 stages): at chance",
     "timm_vit_reg": "0.60: registers + GAP head; the class still spreads over the patch tokens",
 }

@@ -14,7 +14,7 @@ from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
-DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet")
+DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet", "hgnet_v2", "pp_lcnet")
 TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
@@ -64,10 +64,21 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         return T.BitConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="bottleneck", num_groups=8, **_LABELS)
     if family == "mobilenet_v2":  # dilated to output stride 8, as the config allows
         return T.MobileNetV2Config(image_size=64, depth_multiplier=0.35, output_stride=8, **_LABELS)
-    if family == "textnet":  # two stages: stride 8
+    if family == "textnet":  # two stages, stride 4 (at stride 8 its peaks sat on the object's edge: 0.62)
         return T.TextNetConfig(stem_out_channels=16, image_size=64, hidden_sizes=[16, 32, 64],
                                conv_layer_kernel_sizes=[[[3, 3], [3, 3]], [[3, 3], [1, 3], [3, 1]]],
-                               conv_layer_strides=[[2, 1], [2, 1, 1]], **_LABELS)
+                               conv_layer_strides=[[2, 1], [1, 1, 1]], **_LABELS)
+    if family == "hgnet_v2":  # stem stride 4, no stage downsamples: 16×16 at 64 px; 5×5 last stage
+        return T.HGNetV2Config(
+            embedding_size=16, depths=[1, 2], hidden_sizes=[32, 64], stem_channels=[3, 8, 16],
+            stage_in_channels=[16, 32], stage_mid_channels=[16, 32], stage_out_channels=[32, 64], stage_num_blocks=[1, 2],
+            stage_downsample=[False, False], stage_downsample_strides=[2, 2], stage_light_block=[False, False],
+            stage_kernel_size=[3, 5], stage_numb_of_layers=[2, 3], **_LABELS,
+        )
+    if family == "pp_lcnet":  # [kernel, in, out, stride, squeeze-excite] per block; stride 4, 5×5 last
+        return T.PPLCNetConfig(stem_channels=16, block_configs=[
+            [[3, 16, 32, 1, False]], [[3, 32, 32, 2, False]], [[3, 32, 64, 1, False]], [[5, 64, 64, 1, False]],
+            [[5, 64, 64, 1, True]]], depths=[1, 1, 1, 1, 1], class_expand=128, hidden_dropout_prob=0.0, **_LABELS)
     raise KeyError(family)
 
 
@@ -104,4 +115,8 @@ def tiny_processor(family: str):
         return T.TextNetImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=True)
     if family == "mobilenet_v2":
         return T.MobileNetV2ImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    if family == "hgnet_v2":  # timm-style resize of the short side + centre crop
+        return T.BitImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    if family == "pp_lcnet":  # PaddlePaddle-style: resize_short + crop, BGR mean/std order
+        return T.PPLCNetImageProcessor(resize_short=72, size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64})
     raise KeyError(family)

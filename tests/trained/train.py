@@ -1,6 +1,6 @@
 """Train the tiny localisation models under tests/trained/<family>/ (run once, not in CI).
 
-    python tests/trained/train.py [family ...]
+    python tests/trained/train.py [--out DIR] [family ...]
 
 Reproducible: fixed seeds, data from tests/synthetic.py, each family's own processor applied to
 every training image, early stop once held-out accuracy reaches the goal. Saves with
@@ -31,7 +31,12 @@ def pixels(processor, samples) -> torch.Tensor:
     return out.to(torch.float16)
 
 
-def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float = 0.97) -> None:
+def logits(output) -> torch.Tensor:
+    """PP-LCNet returns its logits as ``last_hidden_state``; every other family as ``logits``."""
+    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: int = 5000, goal: float = 0.97) -> None:
     torch.manual_seed(0)
     batch = BATCH.get(family, 64)
     if family in TIMM:
@@ -56,7 +61,7 @@ def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float 
         xb, yb = x[idx].float(), y[idx]
         flip = torch.rand(batch, generator=g) < 0.5  # left-right flips keep every shape's class
         xb[flip] = xb[flip].flip(-1)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=xb).logits, yb)
+        loss = torch.nn.functional.cross_entropy(logits(model(pixel_values=xb)), yb)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -64,12 +69,12 @@ def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float 
         if step % 250 == 0:
             model.eval()
             with torch.no_grad():
-                acc = (model(pixel_values=xv).logits.argmax(-1) == yv).float().mean().item()
+                acc = (logits(model(pixel_values=xv)).argmax(-1) == yv).float().mean().item()
             print(f"{family} step {step} loss {loss.item():.3f} val acc {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
             if acc >= goal:
                 break
     model.eval()
-    out = HERE / family
+    out = out_root / family
     if family in TIMM:  # timm's own hub layout (config.json + model.safetensors), as on the hub
         import timm
 
@@ -82,5 +87,8 @@ def train(family: str, n_train: int = 12000, max_steps: int = 5000, goal: float 
 
 
 if __name__ == "__main__":
-    for fam in sys.argv[1:] or FAMILIES + DERIVED + TIMM:
-        train(fam)
+    args = sys.argv[1:]
+    out_root = Path(args.pop(args.index("--out") + 1)) if "--out" in args else HERE
+    args = [a for a in args if a != "--out"]
+    for fam in args or FAMILIES + DERIVED + TIMM:
+        train(fam, out_root)

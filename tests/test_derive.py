@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import calibrate_batchnorm, tiny_model
+from conftest import assert_head_reproduces_logits, calibrate_batchnorm, tiny_model
 from tiny import DERIVED, tiny_config
 from transformers import (
     AutoModelForImageClassification,
@@ -51,13 +51,25 @@ def test_architectures_without_a_recipe_are_explained_by_a_derived_one(name, mak
     described = xai_recipes.describe(model)
     assert described.recipe == exp.recipe and described.target_layers == exp.target_layers
     assert "derived:" in described.description and "gets gradient at every position" in described.description
-    if name in ("deit", "pp_lcnet"):  # DeiT: mean of two heads on two tokens; PP-LCNet: conv + act after pooling
+    if name == "deit":  # logits = mean of two heads on two tokens: no single head to name concepts with
         assert "DFF unavailable" in described.description
         with pytest.raises(xai_recipes.RecipeError, match="declares no head"):
             explain(model, IMAGE, processor=PROCESSOR, method="dff")
         return
     dff = explain(model, IMAGE, processor=PROCESSOR, method="dff", n_components=2)
     assert dff.heatmaps.shape == (2, 70, 90) and len(dff.legend) == 2
+
+
+@pytest.mark.parametrize("model_type, size", [("pp_lcnet", (80, 96)), ("swiftformer", (64, 96)), ("levit", (64, 64))])
+def test_a_head_that_is_not_one_linear_layer_is_the_models_own_tail_replayed(model_type, size):
+    """PP-LCNet (pool → 1×1 conv → act → linear), SwiftFormer and LeViT (two heads averaged): DFF
+    names concepts by running the model's own layers after the feature layer, exactly."""
+    import tiny_archs
+
+    model = tiny_archs.tiny_model(model_type)
+    recipe = derive(model)
+    assert "replayed on the pooled embedding" in recipe.description
+    assert_head_reproduces_logits(model, size)
 
 
 def test_explicit_recipes_win_over_derivation():

@@ -176,7 +176,34 @@ def _spatial_grad(seen: list[_Seen], logits: torch.Tensor) -> list[bool]:
     return flags
 
 
-def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor) -> tuple[Callable | None, str, str]:
+def _replay(feature: _Seen, kwargs: dict[str, Any], hw: tuple[int, int]) -> Callable[[nn.Module], Callable]:
+    """Head factory for models whose head is not one linear layer (a conv and activation after
+    pooling, two averaged heads): the model's own tail, run with the feature layer's output
+    replaced by the embedding at every position, so that pooling gives back the embedding."""
+    shape, layout = tuple(feature.output.shape[1:]), feature.layout
+
+    def factory(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        layer = model.get_submodule(feature.name)
+
+        def head(vec: torch.Tensor) -> torch.Tensor:
+            n = len(vec)
+            at = {"maps": (slice(None), slice(None), None, None), "channels_last": (slice(None), None, None, slice(None)),
+                  "tokens": (slice(None), None, slice(None))}[layout]
+            filled = vec[at].expand(n, *shape).contiguous()
+            handle = layer.register_forward_hook(lambda module, args, output: filled.to(output.dtype))
+            try:
+                x = torch.zeros(n, _channels(model.config), *hw, dtype=filled.dtype, device=filled.device)
+                return find_logits(model(pixel_values=x, **kwargs))
+            finally:
+                handle.remove()
+
+        return head
+
+    return factory
+
+
+def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor, kwargs: dict[str, Any],
+          hw: tuple[int, int]) -> tuple[Callable | None, str, str]:
     """(head factory, pooling, how) such that head(pool(feature output)) == logits, or (None, "mean", why not)."""
     out = feature.output.detach()
     pooled = {"mean": (out.mean((2, 3)) if feature.layout == "maps" else
@@ -198,7 +225,17 @@ def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor) -> tuple[Calla
                 if ok:
                     path = [names[id(m)] for m in chain + [linear]]
                     return (lambda m, p=path: nn.Sequential(*[m.get_submodule(n) for n in p])), pooling, " + ".join(path)
-    return None, "mean", "no linear head reproduces the logits from it (DFF unavailable)"
+    replay, was_training = _replay(feature, kwargs, hw), model.training
+    try:
+        with torch.no_grad():
+            ok = torch.allclose(replay(model.eval())(pooled["mean"]), logits.detach(), atol=1e-4, rtol=1e-3)
+    except Exception:  # noqa: BLE001 - a tail that cannot take the replaced output
+        ok = False
+    finally:
+        model.train(was_training)
+    if ok:
+        return replay, "mean", f"the model's own layers after {feature.name}, replayed on the pooled embedding"
+    return None, "mean", "neither a linear head nor the model's own tail reproduces the logits from it (DFF unavailable)"
 
 
 def _interpolates(model: nn.Module) -> bool:
@@ -257,7 +294,7 @@ def _derive(model: nn.Module) -> Recipe:
                             "pass recipe= or write a recipe plugin")
     target = targets[-1]
     feature = [s for s in seen if s.layout == target.layout][-1]
-    head, pooling, how = _head(model, feature, logits)
+    head, pooling, how = _head(model, feature, logits, kwargs, hw)
     layout = {"maps": "B×C×h×w map", "channels_last": "B×h×w×C map",
               "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
     why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "

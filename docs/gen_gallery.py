@@ -167,6 +167,19 @@ def random_gam() -> Example:
                    f"tokens ({RANDOM}), on the bundled example image")
 
 
+def random_siglip2() -> Example:
+    """As in tests/test_siglip2.py: a random SigLIP 2 image classifier with its own NaFlex processor."""
+    from transformers import Siglip2ImageProcessor
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_archs
+
+    return Example(tiny_archs.tiny_model("siglip2"), example_image(),
+                   f"a tiny SigLIP 2 image classifier ({RANDOM}) with its own NaFlex processor (patch 8, at most 64 "
+                   "patches), on the bundled example image",
+                   processor=Siglip2ImageProcessor(patch_size=8, max_num_patches=64))
+
+
 #: recipe name → example-model builder (returns None when its model is not available)
 EXAMPLES: dict[str, Callable[[], Example | None]] = {
     **{family: trained(family) for family in TRAINED_FAMILIES},
@@ -174,6 +187,7 @@ EXAMPLES: dict[str, Callable[[], Example | None]] = {
     "timm_vit": random_timm_vit,
     "timm_vit_gap": timm_vit_gap,
     "dino_gam": random_gam,
+    "siglip2": random_siglip2,
 }
 
 

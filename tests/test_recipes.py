@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tiny_archs
 import torch
 from conftest import assert_head_reproduces_logits, calibrate_batchnorm, tiny_model
 from tiny import FAMILIES
@@ -49,6 +50,7 @@ def builtin_models():
     models["dino_gam"] = tiny_gam
     models["timm_vit"] = tiny_timm_vit
     models["timm_vit_gap"] = lambda: tiny_timm_vit(global_pool="avg", class_token=False)
+    models["siglip2"] = lambda: tiny_archs.tiny_model("siglip2")
     return models
 
 

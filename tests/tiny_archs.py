@@ -161,8 +161,6 @@ UNBUILDABLE: dict[str, str] = {
 NOT_PIXEL_CLASSIFIERS: dict[str, str] = {
     "imagegpt": "takes colour-cluster token ids (input_ids), not pixel_values; example_inputs quantises the image "
                 "to vocab_size-1 random colour clusters",
-    "siglip2": "takes pre-patchified pixel_values (B×patches×3·p·p) plus spatial_shapes and pixel_attention_mask "
-               "(NaFlex); example_inputs patchifies the image",
     "shieldgemma2": "a Gemma3 vision-language model: needs a token prompt (input_ids with image tokens) as well as "
                     "pixel_values, and returns yes/no logits (B×2) whatever num_labels is",
 }

@@ -86,7 +86,7 @@ class LogitsModel(nn.Module):
         self.model, self.recipe = model, recipe
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.recipe.logits(self.model(pixel_values=pixel_values, **self.recipe.forward_kwargs))
+        return self.recipe.logits(self.model(**self.recipe.model_inputs(self.model, pixel_values)))
 
 
 @dataclass

@@ -68,7 +68,7 @@ class _Run:
     n_components: int
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=image, return_tensors="pt")["pixel_values"]
+        return self.recipe.image_tensor(self.processor(images=image, return_tensors="pt"))
 
     def __post_init__(self) -> None:
         p = self.processor  # the geometry cache key, serialised once per call, not once per image

@@ -45,6 +45,11 @@ class Recipe:
         forward_kwargs: extra keyword arguments for ``model(pixel_values=..., **kwargs)``,
             e.g. ``interpolate_pos_encoding=True`` so ViTs accept any input size.
         matches: optional ``model -> bool`` refining ``model_types`` (e.g. by architecture).
+        image: the processor's output → the image tensor ``B×C×H×W`` it encodes, for models
+            whose processor hands them something else (SigLIP 2's patches); default
+            ``output["pixel_values"]``. Geometry, masking and batching work on that image.
+        inputs: ``(model, image tensor) -> model keyword arguments``; default
+            ``{"pixel_values": image, **forward_kwargs}``.
         description: one line for listings and the gallery.
     """
 
@@ -58,12 +63,24 @@ class Recipe:
     pooling: Literal["mean", "cls"] = "mean"
     forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
     matches: Callable[[nn.Module], bool] | None = None
+    image: Callable[[Mapping[str, Any]], torch.Tensor] | None = None
+    inputs: Callable[[nn.Module, torch.Tensor], dict[str, Any]] | None = None
     description: str = ""
     plugin: str = ""  # set by the registry: which plugin registered it
 
     def features(self, model: nn.Module) -> nn.Module:
         """The module whose output is pooled into :attr:`head`."""
         return self.feature_layer(model) if self.feature_layer else list(self.target_layers(model))[-1]
+
+    def image_tensor(self, processed: Mapping[str, Any]) -> torch.Tensor:
+        """The ``B×C×H×W`` image a processor's output encodes."""
+        return self.image(processed) if self.image else processed["pixel_values"]
+
+    def model_inputs(self, model: nn.Module, pixel_values: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments that run ``model`` on the image tensor ``pixel_values``."""
+        if self.inputs:
+            return self.inputs(model, pixel_values)
+        return {"pixel_values": pixel_values, **self.forward_kwargs}
 
     def serves(self, model: nn.Module) -> bool:
         """Whether this recipe applies to ``model``."""

@@ -72,6 +72,24 @@ def test_a_head_that_is_not_one_linear_layer_is_the_models_own_tail_replayed(mod
     assert_head_reproduces_logits(model, size)
 
 
+@pytest.mark.parametrize("model_type", ["donut-swin", "hiera"])
+def test_a_block_that_returns_a_tuple_is_read_at_its_first_item(model_type):
+    """Donut-Swin's and Hiera's last spatial tokens exist only as the first item of a block's tuple."""
+    import tiny_archs
+
+    model = tiny_archs.tiny_model(model_type)
+    layer = derive(model).target_layers(model)[0]
+    outputs = []
+    handle = layer.register_forward_hook(lambda m, a, out: outputs.append(out))
+    with torch.no_grad():
+        model(pixel_values=torch.randn(1, 3, 64, 64))
+    handle.remove()
+    assert isinstance(outputs[0], tuple)
+    assert_head_reproduces_logits(model, (64, 96))  # DFF's head, read from that first item
+    exp = explain(model, IMAGE, processor=PROCESSOR, method="dff", n_components=2)
+    assert exp.heatmaps.shape == (2, 70, 90) and np.isfinite(exp.heatmaps).all()
+
+
 def test_explicit_recipes_win_over_derivation():
     assert xai_recipes.find_recipe(tiny_model("resnet")).name == "resnet"
 

@@ -99,15 +99,31 @@ class Capture:
     activations: list[torch.Tensor]
 
 
+def first_tensor(output: object) -> torch.Tensor | None:
+    """A layer's output tensor: the output itself, or the first item of the tuple that
+    transformers' blocks return (hidden states, then attentions...)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def with_first(output: object, tensor: torch.Tensor) -> object:
+    """``output`` with its tensor (see :func:`first_tensor`) replaced by ``tensor``."""
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
 def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_values: torch.Tensor) -> Capture:
     """Run the model once; hooks record each target layer's output and are always removed."""
     seen: dict[int, torch.Tensor] = {}
     caller = threading.get_ident()
 
-    def hook(module: nn.Module, args: object, output: object) -> torch.Tensor | None:
+    def hook(module: nn.Module, args: object, output: object) -> object:
         if threading.get_ident() != caller:  # another thread's explain() on the same model: not ours
             return None
-        if not isinstance(output, torch.Tensor):
+        tensor = first_tensor(output)
+        if tensor is None:
             raise RecipeError(
                 f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
                 "choose a layer whose output is a tensor (see the recipe guide)"
@@ -115,12 +131,12 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
         if id(module) in seen:
             raise RecipeError(f"target layer {type(module).__name__} runs more than once per forward pass")
         torch.set_grad_enabled(True)  # the graph starts here: no backward through the backbone
-        if not output.requires_grad:
-            leaf = output.detach().requires_grad_(True)
-            seen[id(module)] = leaf
-            return leaf.clone()  # downstream in-place ops must not touch the leaf
-        seen[id(module)] = output
-        return output
+        if tensor.requires_grad:
+            seen[id(module)] = tensor
+            return None
+        leaf = tensor.detach().requires_grad_(True)
+        seen[id(module)] = leaf
+        return with_first(output, leaf.clone())  # downstream in-place ops must not touch the leaf
 
     with ExitStack() as stack:
         for layer in layers:

@@ -2,14 +2,15 @@
 
 One forward pass of a random batch of two images records every module's output. Candidates
 are blocks (children of a ``ModuleList``/``Sequential``), norm and activation layers and the base
-model's own children (not attention internals) whose output is a
-spatial map of the input: ``B×C×h×w``, channels-last ``B×h×w×C``, or tokens ``B×(k + h·w)×C``
-with ``k`` prefix (CLS, register) tokens, where ``h×w`` follows the input size by one stride
-(``infer_grid``). The target layer is the *last* candidate whose spatial positions receive
-gradient from the logits — a CLS-token model's final norm does not (only its CLS token does),
+model's own children (not attention internals) whose output (or the first item of the tuple
+that transformers' blocks return) is a spatial map of the input: ``B×C×h×w``, channels-last
+``B×h×w×C``, or tokens ``B×(k + h·w)×C`` with ``k`` prefix (CLS, register) tokens, where ``h×w``
+follows the input size by one stride (``infer_grid``). The target layer is the *last* candidate
+whose spatial positions receive gradient from the logits — a CLS-token model's final norm does not (only its CLS token does),
 so, as in the hand-written ViT recipe, the last block's input norm is chosen. For DFF the
 last spatial candidate of all is the feature layer, and the head is the module that turns its
-pooled output (mean, or the first token) into the logits — verified numerically, or left out.
+pooled output (mean, or the first token) into the logits: a linear layer (after a norm), else the
+model's own tail replayed on the embedding — verified numerically, or left out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .cam import first_tensor, with_first
 from .errors import NoRecipeError, RecipeError
 from .recipe import Recipe, infer_grid, output_logits, tokens_to_map
 
@@ -130,10 +132,11 @@ def _probe(model: nn.Module, forward_kwargs: dict[str, Any], hw: tuple[int, int]
     def hook(name: str) -> Callable:
         def record(module: nn.Module, args: Any, output: Any) -> None:
             runs[id(module)] = runs.get(id(module), 0) + 1
-            found = _layout(output, 2, hw)
+            tensor = first_tensor(output)
+            found = _layout(tensor, 2, hw)
             if found:
                 order[0] += 1
-                seen[id(module)] = _Seen(name, module, output, *found, order[0])
+                seen[id(module)] = _Seen(name, module, tensor, *found, order[0])
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _candidate(n, m, parents)]
@@ -190,7 +193,8 @@ def _replay(feature: _Seen, kwargs: dict[str, Any], hw: tuple[int, int]) -> Call
             at = {"maps": (slice(None), slice(None), None, None), "channels_last": (slice(None), None, None, slice(None)),
                   "tokens": (slice(None), None, slice(None))}[layout]
             filled = vec[at].expand(n, *shape).contiguous()
-            handle = layer.register_forward_hook(lambda module, args, output: filled.to(output.dtype))
+            handle = layer.register_forward_hook(
+                lambda module, args, output: with_first(output, filled.to(first_tensor(output).dtype)))
             try:
                 x = torch.zeros(n, _channels(model.config), *hw, dtype=filled.dtype, device=filled.device)
                 return find_logits(model(pixel_values=x, **kwargs))

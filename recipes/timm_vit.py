@@ -8,7 +8,6 @@ For DFF the features are the final ``norm`` output; the head is ``fc_norm`` + ``
 mean of the patch tokens (GAP models, ``global_pool="avg"``), or ``head`` on the CLS token.
 """
 
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from xai_recipes import Recipe, hookimpl, tokens_to_map
@@ -27,7 +26,12 @@ def reshape(tokens, model, hw):
 
 
 def is_vit(pool: str):
-    return lambda m: isinstance(m.timm_model, VisionTransformer) and m.timm_model.global_pool == pool
+    def matches(m) -> bool:
+        from timm.models.vision_transformer import VisionTransformer  # on use: timm takes a second to import
+
+        return isinstance(m.timm_model, VisionTransformer) and m.timm_model.global_pool == pool
+
+    return matches
 
 
 COMMON = dict(

@@ -84,3 +84,17 @@ def test_list_methods_describe_plugins(trained_dir, capsys):
     assert cli.main(["plugins", "--format", "json"]) == 0
     plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert plugins["vit"]["recipes"] == ["vit"] and plugins["vit"]["distribution"] == "xai-recipes"
+
+
+def test_listing_recipes_imports_neither_grad_cam_nor_timm():
+    """`xai-recipes list` / `plugins` and plugin registration stay light: the engine's heavy
+    dependencies (grad-cam → torchvision, scikit-learn; timm) load on first explain()."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xai_recipes; xai_recipes.list_recipes(); xai_recipes.plugins(); "
+            "print(sorted(m for m in ('pytorch_grad_cam', 'timm', 'sklearn', 'torchvision') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"imported on listing: {loaded}"
+    code = "import sys, xai_recipes; xai_recipes.explain; print('pytorch_grad_cam' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"

@@ -5,9 +5,11 @@
     >>> explanation.save("cat-gradcam.png")
 """
 
-from .cam import ALL_METHODS, METHODS
-from .describe import Description, describe
-from .engine import explain
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DatasetError,
     GeometryError,
@@ -22,13 +24,40 @@ from .errors import (
     UnknownMethodError,
     XAIRecipesError,
 )
-from .explanation import Explanation, load
-from .gam import DinoGAMConfig, DinoGAMForImageClassification, gam_from_head
-from .gam_fit import FitReport, fit_gam, gam_from_sklearn
 from .hookspecs import hookimpl
 from .recipe import Recipe, conv_out, halvings, infer_grid, output_logits, tokens_to_map
 from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
-from .timm_models import wrap_timm_model
+
+#: Imported on first use: grad-cam (and through it torchvision, scikit-learn) and transformers'
+#: model classes take seconds to import, which plugins, ``xai-recipes list`` and ``plugins`` never need.
+_LAZY = {
+    "METHODS": "cam", "ALL_METHODS": "cam", "Description": "describe", "describe": "describe", "explain": "engine",
+    "Explanation": "explanation", "load": "explanation", "DinoGAMConfig": "gam", "DinoGAMForImageClassification": "gam",
+    "gam_from_head": "gam", "FitReport": "gam_fit", "fit_gam": "gam_fit", "gam_from_sklearn": "gam_fit",
+    "wrap_timm_model": "timm_models",
+}
+
+if TYPE_CHECKING:
+    from .cam import ALL_METHODS, METHODS
+    from .describe import Description, describe
+    from .engine import explain
+    from .explanation import Explanation, load
+    from .gam import DinoGAMConfig, DinoGAMForImageClassification, gam_from_head
+    from .gam_fit import FitReport, fit_gam, gam_from_sklearn
+    from .timm_models import wrap_timm_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'xai_recipes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "METHODS", "ALL_METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",

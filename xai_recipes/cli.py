@@ -13,11 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import ALL_METHODS, XAIRecipesError, describe, explain, list_recipes, plugins, recipes
+from . import XAIRecipesError, list_recipes, plugins, recipes  # the rest on use: `list` stays instant
 from .images import image_files
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from . import explain
     from .demo import build_demo_model, default_folder, photos
 
     folder = build_demo_model(args.model_dir or default_folder())
@@ -53,6 +54,8 @@ def _stem(source: str, taken: set[str]) -> str:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from . import explain
+
     target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
     files = _inputs(args.images)
     out = Path(args.out)
@@ -104,7 +107,16 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from . import ALL_METHODS
+
+    print("\n".join(ALL_METHODS))
+    return 0
+
+
 def _describe(args: argparse.Namespace) -> int:
+    from . import describe
+
     found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
     print(json.dumps(found.as_dict(), indent=1) if args.format == "json" else found)
     return 0
@@ -135,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
                                     "readable with xai_recipes.load) per image into --out.")
     ex.add_argument("model", metavar="MODEL", help="hub id or local folder")
     ex.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
-    ex.add_argument("--method", default="gradcam", help=f"one of: {', '.join(ALL_METHODS)} (default gradcam)")
+    ex.add_argument("--method", default="gradcam", help="a CAM method (gradcam, scorecam, ...), dff or patch-contributions; "
+                    "all: xai-recipes methods (default gradcam)")
     ex.add_argument("--target", nargs="+", metavar="LABEL", help="label names or indices (default: top-k predictions)")
     ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
     ex.add_argument("--n-components", type=int, default=5, help="DFF: number of concepts (default 5)")
@@ -165,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(run=_list)
-    sub.add_parser("methods", help="available methods").set_defaults(run=lambda a: print("\n".join(ALL_METHODS)) or 0)
+    sub.add_parser("methods", help="available methods").set_defaults(run=_methods)
     de = sub.add_parser("describe", help="which recipe, layers and reshape MODEL would be explained with")
     de.add_argument("model", metavar="MODEL", help="hub id or local folder")
     de.add_argument("--recipe", help="recipe name, overriding dispatch by model type")

@@ -70,7 +70,7 @@ def rows() -> list[dict]:
                 row.update(recipe=recipe.name, status="derived" if derived else "explicit",
                            layer=", ".join(module_names(model, recipe.target_layers(model))))
                 if derived and recipe.head is None:
-                    row["note"] = "DFF: no single linear head reproduces the logits"
+                    row["note"] = "DFF: neither a linear head nor the model's own tail reproduces the logits from the pooled features"
                 for h, w in A.SIZES[model_type]:
                     processor = ViTImageProcessor(size={"height": h, "width": w})
                     row["gradcam"][f"{h}x{w}"] = _check(model, processor, "gradcam")

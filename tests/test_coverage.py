@@ -24,6 +24,11 @@ def test_checked_in_table_matches_the_code(generated):
     assert (DOCS / "coverage.md").read_text() == gen.markdown(rows)
 
 
+#: Heads that read more than the pooled patch features: DINOv2 concatenates the CLS token with the
+#: patch mean; Perceiver's decoder cross-attends from a query to its latents.
+NO_DFF_HEAD = {"dinov2", "dinov2_with_registers", "perceiver"}
+
+
 def test_every_architecture_with_a_spatial_layer_works(generated):
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
@@ -32,7 +37,10 @@ def test_every_architecture_with_a_spatial_layer_works(generated):
     for r in rows:
         if r["status"] in ("explicit", "derived"):
             assert r["gradcam"] and set(r["gradcam"].values()) == {"ok"}, r
-            assert set(r["dff"].values()) == {"ok"} or r["note"].startswith("DFF: no single linear head"), r
+            if r["model_type"] in NO_DFF_HEAD:
+                assert r["note"].startswith("DFF: neither a linear head nor the model's own tail"), r
+            else:
+                assert set(r["dff"].values()) == {"ok"}, r
         else:
             assert r["note"], f"{r['model_type']}: {r['status']} without a reason"
-    assert sum(r["status"] in ("explicit", "derived") for r in rows) >= 37
+    assert sum(r["status"] in ("explicit", "derived") for r in rows) >= 39

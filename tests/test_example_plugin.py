@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_head_reproduces_logits
 from transformers import DeiTConfig, DeiTForImageClassification, DeiTForImageClassificationWithTeacher, ViTImageProcessor
 
 import xai_recipes
@@ -100,14 +101,8 @@ def test_declared_head_reproduces_the_logits(installed):
     """``deit`` declares classifier(final norm's CLS token) for DFF; the teacher model, whose
     logits average two heads on two tokens, declares none and DFF says so."""
     model = tiny_deit(DeiTForImageClassification)
-    recipe = xai_recipes.find_recipe(model)
-    captured = {}
-    hook = recipe.features(model).register_forward_hook(lambda mod, args, out: captured.update(out=out))
-    with torch.no_grad():
-        logits = recipe.logits(model(pixel_values=torch.randn(2, 3, 64, 96), **recipe.forward_kwargs))
-    hook.remove()
-    with torch.no_grad():
-        torch.testing.assert_close(recipe.head(model)(captured["out"][:, 0]), logits)
+    assert xai_recipes.find_recipe(model).name == "deit"
+    assert_head_reproduces_logits(model, (64, 96))
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     processor = ViTImageProcessor(size={"height": 64, "width": 64})
     exp = explain(model, image, processor=processor, method="dff", n_components=2)

@@ -183,10 +183,10 @@ def _replay(feature: _Seen, kwargs: dict[str, Any], hw: tuple[int, int]) -> Call
     """Head factory for models whose head is not one linear layer (a conv and activation after
     pooling, two averaged heads): the model's own tail, run with the feature layer's output
     replaced by the embedding at every position, so that pooling gives back the embedding."""
-    shape, layout = tuple(feature.output.shape[1:]), feature.layout
+    name, shape, layout = feature.name, tuple(feature.output.shape[1:]), feature.layout  # not the probe's tensors
 
     def factory(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        layer = model.get_submodule(feature.name)
+        layer = model.get_submodule(name)
 
         def head(vec: torch.Tensor) -> torch.Tensor:
             n = len(vec)

@@ -114,3 +114,12 @@ def test_no_spatial_layer_is_a_typed_error_with_the_reason():
     msg = str(err.value)
     assert "no block or norm layer outputs a spatial map" in msg  # why derivation failed
     assert "'flat'" in msg and "resnet" in msg and "recipe=" in msg and "register_recipes" in msg  # and the fixes
+
+
+def test_ablationcam_on_a_block_that_returns_a_tuple_says_what_to_use_instead():
+    import tiny_archs
+
+    model = tiny_archs.tiny_model("donut-swin")
+    with pytest.raises(xai_recipes.RecipeError, match="returns a tuple. Use scorecam"):
+        explain(model, IMAGE, processor=PROCESSOR, method="ablationcam")
+    assert explain(model, IMAGE, processor=PROCESSOR, method="scorecam").heatmaps.shape == (1, 70, 90)

@@ -97,6 +97,7 @@ class Capture:
     layers: list[nn.Module]
     logits: torch.Tensor
     activations: list[torch.Tensor]
+    tuples: list[bool]  # whether each layer returned a tuple (read at its first item)
 
 
 def first_tensor(output: object) -> torch.Tensor | None:
@@ -117,6 +118,7 @@ def with_first(output: object, tensor: torch.Tensor) -> object:
 def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_values: torch.Tensor) -> Capture:
     """Run the model once; hooks record each target layer's output and are always removed."""
     seen: dict[int, torch.Tensor] = {}
+    tuples: dict[int, bool] = {}
     caller = threading.get_ident()
 
     def hook(module: nn.Module, args: object, output: object) -> object:
@@ -126,11 +128,12 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
         if tensor is None:
             raise RecipeError(
                 f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
-                "choose a layer whose output is a tensor (see the recipe guide)"
+                "choose a layer whose output is a tensor or a tuple starting with one (see the recipe guide)"
             )
         if id(module) in seen:
             raise RecipeError(f"target layer {type(module).__name__} runs more than once per forward pass")
         torch.set_grad_enabled(True)  # the graph starts here: no backward through the backbone
+        tuples[id(module)] = tensor is not output
         if tensor.requires_grad:
             seen[id(module)] = tensor
             return None
@@ -146,7 +149,7 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
     missing = [type(layer).__name__ for layer in layers if id(layer) not in seen]
     if missing:
         raise RecipeError(f"target layer(s) {missing} did not run in the forward pass; the recipe does not fit this model")
-    return Capture(wrapped, layers, logits, [seen[id(layer)] for layer in layers])
+    return Capture(wrapped, layers, logits, [seen[id(layer)] for layer in layers], [tuples[id(layer)] for layer in layers])
 
 
 def _grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -223,6 +226,10 @@ def compute_cams(
 def _ablation_cams(model: nn.Module, recipe: Recipe, image: torch.Tensor, targets: list[int], capture: Capture) -> np.ndarray:
     """AblationCAM through grad-cam's own class, on the image replicated once per target."""
     wrapped, layers = capture.wrapped, capture.layers
+    if any(capture.tuples):
+        raise RecipeError(f"ablationcam swaps the target layer for grad-cam's AblationLayer, which needs a layer that "
+                          f"returns a tensor; {type(layers[capture.tuples.index(True)]).__name__} returns a tuple. Use "
+                          "scorecam (it masks the input instead) or a recipe whose target layer returns a tensor")
     input_hw = tuple(image.shape[-2:])
     reshape = partial(as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
     ablation = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()

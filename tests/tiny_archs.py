@@ -36,6 +36,8 @@ from transformers.models.auto.modeling_auto import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import calibrate_batchnorm
 
+from xai_recipes.derive import find_logits
+
 NUM_LABELS = 4
 ID2LABEL = {i: f"class {i}" for i in range(NUM_LABELS)}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
@@ -202,14 +204,6 @@ def forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     return {}
 
 
-# Where the classification logits live when not in ``output.logits``.
-LOGITS_ATTR = {"pp_lcnet": "last_hidden_state"}  # PPLCNetForImageClassification returns its logits there
-
-
-def logits_of(model: torch.nn.Module, output: Any) -> torch.Tensor:
-    return getattr(output, LOGITS_ATTR.get(model.config.model_type, "logits"))
-
-
 def example_inputs(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict[str, Any]:
     """Keyword arguments for ``model(**...)`` from a B×3×H×W image batch."""
     mt = model.config.model_type
@@ -284,8 +278,8 @@ if __name__ == "__main__":
             for h, w in SIZES[mt]:
                 x = torch.randn(2, 3, h, w, generator=g)
                 with torch.no_grad():
-                    a = logits_of(model, model(**example_inputs(model, x[:1])))
-                    b = logits_of(model, model(**example_inputs(model, x[1:])))
+                    a = find_logits(model(**example_inputs(model, x[:1])))  # PP-LCNet's: last_hidden_state
+                    b = find_logits(model(**example_inputs(model, x[1:])))
                 expected = (1, 2) if mt == "shieldgemma2" else (1, NUM_LABELS)
                 assert tuple(a.shape) == expected, f"{(h, w)}: logits {tuple(a.shape)}"
                 assert torch.isfinite(a).all() and torch.isfinite(b).all(), f"{(h, w)}: non-finite logits"

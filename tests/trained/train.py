@@ -21,6 +21,8 @@ sys.path.insert(0, str(HERE.parent))
 from synthetic import make_set  # noqa: E402
 from tiny import DERIVED, FAMILIES, TIMM, tiny_config, tiny_processor, tiny_timm_vit_reg  # noqa: E402
 
+from xai_recipes.derive import find_logits  # noqa: E402 - PP-LCNet's logits are in last_hidden_state
+
 TRAIN_SIZES = [(64, 64), (72, 72), (80, 80), (64, 80), (80, 64), (72, 96), (96, 72), (88, 88)]
 LR = {"vit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3, "pvt_v2": 2e-3, "timm_vit_reg": 1e-3}
 BATCH = {"mobilevit": 32}  # HF MobileViT is slow on CPU (unfold/fold per block)
@@ -34,11 +36,6 @@ WEIGHT_DECAY = {"mobilevit": 0.0}
 def pixels(processor, samples) -> torch.Tensor:
     out = processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
     return out.to(torch.float16)
-
-
-def logits(output) -> torch.Tensor:
-    """PP-LCNet returns its logits as ``last_hidden_state``; every other family as ``logits``."""
-    return output.logits if hasattr(output, "logits") else output.last_hidden_state
 
 
 def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: int = 5000, goal: float = 0.97) -> None:
@@ -67,7 +64,7 @@ def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: i
         flip = torch.rand(batch, generator=g) < 0.5  # left-right flips keep every shape's class
         xb[flip] = xb[flip].flip(-1)
         smoothing = LABEL_SMOOTHING.get(family, 0.0)
-        loss = torch.nn.functional.cross_entropy(logits(model(pixel_values=xb)), yb, label_smoothing=smoothing)
+        loss = torch.nn.functional.cross_entropy(find_logits(model(pixel_values=xb)), yb, label_smoothing=smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -75,7 +72,7 @@ def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: i
         if step % 250 == 0:
             model.eval()
             with torch.no_grad():
-                acc = (logits(model(pixel_values=xv)).argmax(-1) == yv).float().mean().item()
+                acc = (find_logits(model(pixel_values=xv)).argmax(-1) == yv).float().mean().item()
             print(f"{family} step {step} loss {loss.item():.3f} val acc {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
             if acc >= goal:
                 break

@@ -24,8 +24,8 @@ _CROP = {"size": {"shortest_edge": 64}, "crop_pct": 0.875}  # microsoft/resnet-5
 def tiny_config(family: str) -> T.PretrainedConfig:
     if family == "resnet":
         return T.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="basic", **_LABELS)
-    if family == "regnet":
-        return T.RegNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], groups_width=8, **_LABELS)
+    if family == "regnet":  # RegNet-X (facebook/regnet-x-*): no squeeze-excitation, see test_localisation
+        return T.RegNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], groups_width=8, layer_type="x", **_LABELS)
     if family == "convnext":
         return T.ConvNextConfig(hidden_sizes=[32, 64], depths=[1, 2], num_stages=2, layer_scale_init_value=1.0, **_LABELS)
     if family == "swin":

@@ -26,8 +26,8 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         return T.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="basic", **_LABELS)
     if family == "regnet":  # RegNet-X (facebook/regnet-x-*): no squeeze-excitation, see test_localisation
         return T.RegNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], groups_width=8, layer_type="x", **_LABELS)
-    if family == "convnext":
-        return T.ConvNextConfig(hidden_sizes=[32, 64], depths=[1, 2], num_stages=2, layer_scale_init_value=1.0, **_LABELS)
+    if family == "convnext":  # 2-pixel patch stem: last stage at stride 4 (16×16; at stride 8 GradCAM 0.23, here 0.72)
+        return T.ConvNextConfig(patch_size=2, hidden_sizes=[32, 64], depths=[1, 2], num_stages=2, layer_scale_init_value=1.0, **_LABELS)
     if family == "swin":
         return T.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, **_LABELS)
     if family == "vit":

@@ -7,8 +7,8 @@ model input, so the resize/crop geometry must be mapped back right for a peak to
 
 Measured on these models (60 held-out images, share of GradCAM peaks on the object), see
 ``NOT_LOCALISED`` below. Where GradCAM does not localise, the reason is the model, not the plumbing:
-their last stage mixes globally (attention; ConvNeXt: 7×7 depthwise convs at stride 8) and spreads
-the class over every position, so *every* last-layer map is flat there (an occlusion check
+their last stage mixes globally (attention) and spreads the class over every position, so *every*
+last-layer map is flat there (an occlusion check
 confirms the models do look at the object: erasing it drops accuracy to chance). On the trained
 SegFormer the final tokens classify the image on their own as well off the object (95 %) as on it
 (79 %): the mean-pooled head reads the class mostly from background tokens, and its exact CAM shows
@@ -20,13 +20,14 @@ either (best: ConvNeXt 0.55 on coloured clutter); MobileViT did, with label smoo
 weight decay (see train.py; 0.88 / 0.75 / 0.72 over three seeds, 0.67 before).
 On the CLS-token families (ViT, CvT) the *model* does look at the object: the last block's CLS
 attention peaks on a patch whose centre is within half a patch of the object's box in 60/60 test
-images at the model's input size (ViT). GradCAM
-cannot show that: its channel weights are the gradient averaged over all tokens, so its map is each
-token's value projected on the class direction whether the CLS token attends to it or not. Even
-one-block models, whose target tokens are the local patch embeddings, stay low (ViT 0.53, CvT 0.43),
+images at the model's input size (ViT). GradCAM cannot show that: its channel weights are the
+gradient averaged over all tokens, so its map is each token's value projected on the class
+direction whether the CLS token attends to it or not. Even one-block models, whose target tokens
+are the local patch embeddings, stay low (ViT 0.53, CvT 0.43),
 and a 4-pixel-patch ViT gives 0.50 (HiResCAM, which keeps the per-token gradient, 0.70).
 ConvNeXt's test model has its last stage at stride 4 (``patch_size=2``): 0.23 → 0.72 (seed 1: 0.57;
-one stage at stride 4: 0.58; label smoothing: 0.50); its peaks sit on the object's edges or a halo.
+one stage at stride 4: 0.58; label smoothing: 0.50; at stride 8 its 7×7 convs mix globally);
+its peaks sit on the object's edges or, for dark objects, on a halo around it.
 RegNet's test model is a RegNet-X (no squeeze-excitation): the RegNet-Y it replaced passed GradCAM
 (0.87) but failed DFF (0.48), because SE's global channel gating writes the class into background
 positions too, so the background concept was named by the true class as often as the object's;

@@ -8,8 +8,8 @@ model input, so the resize/crop geometry must be mapped back right for a peak to
 Measured on these models (60 held-out images, share of GradCAM peaks on the object), see
 ``NOT_LOCALISED`` below. Where GradCAM does not localise, the reason is the model, not the plumbing:
 their last stage mixes globally (attention) and spreads the class over every position, so *every*
-last-layer map is flat there (an occlusion check
-confirms the models do look at the object: erasing it drops accuracy to chance). On the trained
+last-layer map is flat there (an occlusion check confirms the models do look at the object:
+erasing it drops accuracy to chance). On the trained
 SegFormer the final tokens classify the image on their own as well off the object (95 %) as on it
 (79 %): the mean-pooled head reads the class mostly from background tokens, and its exact CAM shows
 that. HiResCAM, GradCAM++, LayerCAM, the log-softmax as target and every block of the last stage

@@ -4,6 +4,8 @@ Each family keeps the structure of its published checkpoints (same model class, 
 class with its resize / centre-crop / channel-flip behaviour) at a size that trains on a CPU.
 Two stages instead of four keep the last feature map at stride 8 (8×8 at 64 px, as fine as
 the published models' 7×7 at 224 px), fine enough for a localisation test to mean something.
+ConvNeXt, TextNet, HGNet-v2 and PP-LCNet end at stride 4 instead: at stride 8 their GradCAM peaks
+sat on the object's edge (numbers beside each config and in test_localisation).
 """
 
 from __future__ import annotations

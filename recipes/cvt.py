@@ -11,7 +11,7 @@ classifier, as the model does (the tutorial's "sneaky LayerNorm").
 
 from torch import nn
 
-from xai_recipes import Recipe, conv_out, hookimpl, tokens_to_map
+from xai_recipes import Attention, Recipe, conv_out, hookimpl, tokens_to_map
 
 
 def grid(config, height: int, width: int) -> tuple[int, int]:
@@ -28,6 +28,17 @@ RECIPE = Recipe(
     head=lambda m: nn.Sequential(m.layernorm, m.classifier),
     feature_layer=lambda m: m.cvt.encoder.stages[-1].layers[-1],  # DFF: the last layer's output tokens
     pooling="cls",
+    # HF CvT returns no attentions: its self-attention's dropout module outputs the probabilities
+    # B×heads×(1 + h·w)×(1 + h'·w'), keys spatially reduced by the strided conv projection (stride_kv).
+    attention=Attention(
+        modules=lambda m: [layer.attention.attention.dropout for layer in m.cvt.encoder.stages[-1].layers],
+        item=None,
+        prefix=lambda m: int(m.config.cls_token[-1]),
+        readout=(0,),
+        blocks=lambda m: list(m.cvt.encoder.stages[-1].layers),
+        score=lambda m: lambda z: m.classifier(m.layernorm(z[:, :1]).mean(1)),
+        spans_model=False,  # last stage only, reduced keys: attention and legrad, no rollout
+    ),
     description="CvT: last layer's layernorm_before, CLS dropped, grid from the conv embeddings; head = layernorm + classifier.",
 )
 

@@ -7,7 +7,7 @@ patch embedding, a conv with padding ``patch_size // 2``, so the grid follows th
 patch sizes and strides for the actual input size — not a fixed ``// 32``.
 """
 
-from xai_recipes import Recipe, conv_out, hookimpl, tokens_to_map
+from xai_recipes import Attention, Recipe, conv_out, hookimpl, tokens_to_map
 
 
 def grid(config, height: int, width: int) -> tuple[int, int]:
@@ -23,6 +23,20 @@ RECIPE = Recipe(
     reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw)),
     head=lambda m: m.classifier,
     pooling="mean",
+    # Last stage's efficient self-attention: B×heads×(h·w)×(h'·w'), keys reduced by sr_ratio, no CLS.
+    # The head mean-pools layer-normed tokens: LeGrad's per-block score; no rollout across stages.
+    attention=Attention(
+        modules=lambda m: [block.attention for block in m.segformer.stages[-1].blocks],
+        prefix=lambda m: 0,
+        readout=None,
+        blocks=lambda m: list(m.segformer.stages[-1].blocks),
+        score=lambda m: lambda z: m.classifier(m.segformer.stages[-1].layer_norm(z).mean(1)),
+        spans_model=False,
+    ),
+    unsupported={
+        "attention": "SegFormer has no readout token: every token's attention is local evidence mixing, not what the "
+                     "mean-pooled head reads; use legrad (class-specific, built for mean-pooled models) or gradcam",
+    },
     description="SegFormer: last stage's layer_norm tokens → grid from the overlapping patch embeddings.",
 )
 

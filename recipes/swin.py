@@ -28,6 +28,11 @@ RECIPE = Recipe(
     head=lambda m: m.classifier,
     feature_layer=lambda m: m.swin.layernorm,
     pooling="mean",
+    unsupported={
+        method: "Swin attends within (shifted) local windows: no token attends to the whole image and no readout "
+                f"token exists, so {method} has nothing global to read; use gradcam, hirescam or layercam"
+        for method in ("attention", "rollout", "gradient-rollout", "legrad")
+    },
     description="Swin: last block's layernorm_before tokens → last-stage grid (patch size and mergings from the config).",
 )
 

@@ -10,7 +10,7 @@ mean of the patch tokens (GAP models, ``global_pool="avg"``), or ``head`` on the
 
 from torch import nn
 
-from xai_recipes import Recipe, hookimpl, tokens_to_map
+from xai_recipes import Attention, Recipe, hookimpl, tokens_to_map
 
 
 def grid(vit, height: int, width: int) -> tuple[int, int]:
@@ -34,6 +34,18 @@ def is_vit(pool: str):
     return matches
 
 
+def attention(readout):
+    """timm's attention computes the probabilities when unfused; its ``attn_drop`` outputs them."""
+    return Attention(
+        modules=lambda m: [block.attn.attn_drop for block in m.timm_model.blocks],
+        item=None,
+        prefix=lambda m: m.timm_model.num_prefix_tokens,
+        readout=readout,
+        blocks=lambda m: list(m.timm_model.blocks),
+        score=lambda m: lambda z: m.timm_model.forward_head(m.timm_model.norm(z)),  # timm's own pooling + head
+    )
+
+
 COMMON = dict(
     model_types=("timm_wrapper",),
     target_layers=lambda m: [m.timm_model.blocks[-1].norm1],
@@ -46,6 +58,7 @@ CLS_TOKEN = Recipe(
     head=lambda m: m.timm_model.head,
     pooling="cls",
     matches=is_vit("token"),
+    attention=attention((0,)),
     description="timm ViT (CLS head): last block's norm1, CLS/register tokens dropped, grid from the patch embed.",
     **COMMON,
 )
@@ -55,6 +68,7 @@ GAP = Recipe(
     head=lambda m: nn.Sequential(m.timm_model.fc_norm, m.timm_model.head),
     pooling="mean",
     matches=is_vit("avg"),
+    attention=attention(None),  # mean-pooled patch tokens: no readout token
     description="timm ViT (GAP head, e.g. reg4_gap): last block's norm1, register tokens dropped; head = fc_norm + head.",
     **COMMON,
 )

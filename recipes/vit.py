@@ -9,7 +9,7 @@ and ``interpolate_pos_encoding=True`` lets the model take any input size. For De
 Factorization the concepts come from the final ``vit.layernorm`` tokens, the ones the classifier reads.
 """
 
-from xai_recipes import Recipe, hookimpl, tokens_to_map
+from xai_recipes import Attention, Recipe, hookimpl, tokens_to_map
 
 
 def grid(config, height: int, width: int) -> tuple[int, int]:
@@ -25,6 +25,14 @@ RECIPE = Recipe(
     feature_layer=lambda m: m.vit.layernorm,  # final norm, read by the classifier (DFF)
     pooling="cls",
     forward_kwargs={"interpolate_pos_encoding": True},
+    # every block's attention (output, probabilities): CLS first, read by the classifier after the final norm
+    attention=Attention(
+        modules=lambda m: [layer.attention for layer in m.vit.layers],
+        prefix=lambda m: 1,
+        readout=(0,),
+        blocks=lambda m: list(m.vit.layers),
+        score=lambda m: lambda z: m.classifier(m.vit.layernorm(z)[:, 0]),
+    ),
     description="ViT: last block's layernorm_before, CLS token dropped, grid = input // patch_size.",
 )
 

@@ -46,7 +46,7 @@ def assert_head_reproduces_logits(model: torch.nn.Module, size: tuple[int, int])
     """The recipe's head (for DFF): the feature layer's output, pooled as the recipe says (mean
     over positions, or the CLS token), through the head gives the model's logits."""
     import xai_recipes
-    from xai_recipes.cam import LogitsModel, forward_with_capture
+    from xai_recipes import LogitsModel, forward_with_capture
 
     recipe = xai_recipes.find_recipe(model)
     cap = forward_with_capture(LogitsModel(model, recipe), [recipe.features(model)], torch.randn(1, 3, *size))

@@ -76,7 +76,14 @@ def test_list_methods_describe_plugins(trained_dir, capsys):
     assert cli.main(["list", "*vi*"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["mobilevit", "timm_vit", "timm_vit_gap", "vit"]
     assert cli.main(["methods"]) == 0
-    assert capsys.readouterr().out.split() == [*xai_recipes.METHODS, "dff", "patch-contributions"]
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == xai_recipes.list_methods() and {"gradcam", "legrad", "dff", "patch-contributions"} <= set(listed)
+    assert cli.main(["methods", str(trained_dir / "swin"), "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["methods"]["gradcam"] == "ok" and "window" in found["methods"]["rollout"]
+    assert cli.main(["methods", str(trained_dir / "vit")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("vit (default: ") and any(line.split()[:2] == ["gradient-rollout", "ok"] for line in lines)
     assert cli.main(["describe", str(trained_dir / "swin"), "--format", "json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["recipe"] == "swin" and found["target_layers"] == ["swin.encoder.layers.1.blocks.1.layernorm_before"]

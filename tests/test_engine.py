@@ -11,8 +11,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from transformers import ViTImageProcessor
 
 import xai_recipes
-from xai_recipes import METHODS, RecipeError, explain
-from xai_recipes.cam import LogitsModel, compute_cams, forward_with_capture
+from xai_recipes import LogitsModel, RecipeError, explain, forward_with_capture
+from xai_recipes.methods.cam import CLASSES, compute_cams, grad_cam_class
 
 PROCESSOR = ViTImageProcessor(size={"height": 64, "width": 64})
 IMAGE = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
@@ -24,7 +24,7 @@ def models():
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit", "swin"])
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "ablationcam"])
+@pytest.mark.parametrize("method", [m for m in CLASSES if m != "ablationcam"])
 def test_one_forward_path_equals_gradcam_packages_replicated_path(models, family, method):
     """Ours: one forward + batched gradients from the target layer (ScoreCAM: each masked input
     run once for all targets). Reference: grad-cam's own class on the image replicated once per
@@ -37,7 +37,7 @@ def test_one_forward_path_equals_gradcam_packages_replicated_path(models, family
     wrapped = LogitsModel(model, recipe)
     ours = compute_cams(model, recipe, x, [targets], method, forward_with_capture(wrapped, layers, x))[0]
     reshape = (lambda t: recipe.reshape(t, model, (64, 64))) if recipe.reshape else None
-    with METHODS[method](model=wrapped, target_layers=layers, reshape_transform=reshape) as cam:
+    with grad_cam_class(method)(model=wrapped, target_layers=layers, reshape_transform=reshape) as cam:
         reference = cam(input_tensor=x.repeat(len(targets), 1, 1, 1), targets=[ClassifierOutputTarget(t) for t in targets])
     assert ours.shape == reference.shape == (3, 64, 64)
     np.testing.assert_allclose(ours, reference, atol=1e-4)
@@ -51,7 +51,7 @@ def test_several_target_layers_equal_gradcam_package(models):
     x = PROCESSOR(images=Image.fromarray(IMAGE), return_tensors="pt")["pixel_values"]
     wrapped, layers = LogitsModel(model, recipe), list(recipe.target_layers(model))
     ours = compute_cams(model, recipe, x, [[1, 3]], "gradcam", forward_with_capture(wrapped, layers, x))[0]
-    with METHODS["gradcam"](model=wrapped, target_layers=layers) as cam:
+    with grad_cam_class("gradcam")(model=wrapped, target_layers=layers) as cam:
         reference = cam(input_tensor=x.repeat(2, 1, 1, 1), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
@@ -182,6 +182,6 @@ def test_end_to_end_maps_equal_gradcam_when_the_processor_keeps_the_size(models)
     recipe = xai_recipes.find_recipe(model)
     x = PROCESSOR(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
     reshape = lambda t: recipe.reshape(t, model, (64, 64))  # noqa: E731
-    with METHODS["gradcam"](model=LogitsModel(model, recipe), target_layers=list(recipe.target_layers(model)), reshape_transform=reshape) as cam:
+    with grad_cam_class("gradcam")(model=LogitsModel(model, recipe), target_layers=list(recipe.target_layers(model)), reshape_transform=reshape) as cam:
         reference = cam(input_tensor=x.repeat(2, 1, 1, 1), targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
     np.testing.assert_allclose(exp.heatmaps, reference, atol=1e-5)

@@ -15,6 +15,7 @@ from .errors import (
     GeometryError,
     ImageError,
     ImageSkippedWarning,
+    MethodNotApplicableError,
     ModelLoadError,
     NoRecipeError,
     NotAnImageClassifierError,
@@ -25,20 +26,32 @@ from .errors import (
     XAIRecipesError,
 )
 from .hookspecs import hookimpl
-from .recipe import Recipe, conv_out, halvings, infer_grid, output_logits, tokens_to_map
-from .registry import find_recipe, get_recipe, list_recipes, plugins, recipes, register_plugin
+from .method import Batch, Method, Result
+from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, tokens_to_map
+from .registry import (
+    find_recipe,
+    get_method,
+    get_recipe,
+    list_methods,
+    list_recipes,
+    methods_table,
+    plugins,
+    recipes,
+    register_plugin,
+)
 
 #: Imported on first use: grad-cam (and through it torchvision, scikit-learn) and transformers'
 #: model classes take seconds to import, which plugins, ``xai-recipes list`` and ``plugins`` never need.
 _LAZY = {
-    "METHODS": "cam", "ALL_METHODS": "cam", "Description": "describe", "describe": "describe", "explain": "engine",
+    "Description": "describe", "describe": "describe", "explain": "engine",
     "Explanation": "explanation", "load": "explanation", "DinoGAMConfig": "gam", "DinoGAMForImageClassification": "gam",
     "gam_from_head": "gam", "FitReport": "gam_fit", "fit_gam": "gam_fit", "gam_from_sklearn": "gam_fit",
-    "wrap_timm_model": "timm_models",
+    "wrap_timm_model": "timm_models", "LogitsModel": "capture", "forward_with_capture": "capture",
+    "target_grads": "capture",
 }
 
 if TYPE_CHECKING:
-    from .cam import ALL_METHODS, METHODS
+    from .capture import LogitsModel, forward_with_capture, target_grads
     from .describe import Description, describe
     from .engine import explain
     from .explanation import Explanation, load
@@ -60,7 +73,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "METHODS", "ALL_METHODS", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
+    "Method", "Batch", "Result", "Attention", "get_method", "list_methods", "methods_table", "LogitsModel",
+    "forward_with_capture", "target_grads", "MethodNotApplicableError", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",

@@ -53,6 +53,17 @@ def _stem(source: str, taken: set[str]) -> str:
     return stem
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` → (name, value), the value read as JSON when it is JSON (numbers, true, null)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise XAIRecipesError(f"--option wants NAME=VALUE, got {text!r}")
+    try:
+        return name.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return name.replace("-", "_"), value
+
+
 def _explain(args: argparse.Namespace) -> int:
     from . import explain
 
@@ -66,10 +77,12 @@ def _explain(args: argparse.Namespace) -> int:
         skipped.append({"image": source, "error": str(error)})
         tqdm.write(f"skipped {source}: {error}", file=sys.stderr)
 
+    options = dict(_option(o) for o in args.option or [])
+    if args.n_components is not None:
+        options["n_components"] = args.n_components
     results = explain(args.model, files, method=args.method, target=target, top_k=args.top_k, device=args.device,
                       recipe=args.recipe, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size,
-                      n_components=args.n_components,
-                      on_error=report)
+                      on_error=report, **options)
     rows, taken = [], set()
     for exp in tqdm(results, total=len(files), unit="image", file=sys.stderr, disable=args.quiet or None):
         stem = _stem(exp.source, taken)
@@ -103,14 +116,33 @@ def _list(args: argparse.Namespace) -> int:
     table = recipes()
     for name in list_recipes(args.pattern):
         r = table[name]
-        print(f"{name:14} {','.join(r.model_types):16} [{r.plugin}] {r.description}")
+        print(f"{name:14} {','.join(r.model_types):16} {r.default_method:17} [{r.plugin}] {r.description}")
     return 0
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from . import ALL_METHODS
+    from . import methods_table
 
-    print("\n".join(ALL_METHODS))
+    if args.model:
+        from .describe import describe
+
+        found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
+        if args.format == "json":
+            print(json.dumps({"recipe": found.recipe, "default_method": found.default_method, "methods": found.methods},
+                             indent=1))
+            return 0
+        print(f"{found.recipe} (default: {found.default_method})")
+        for name, why in found.methods.items():
+            print(f"  {name:20} {'ok' if why == 'ok' else 'no: ' + why}")
+        return 0
+    table = methods_table()
+    if args.format == "json":
+        print(json.dumps([{"name": m.name, "plugin": m.plugin, "needs": list(m.needs), "options": dict(m.options),
+                           "class_specific": m.class_specific, "description": m.description,
+                           "reference": m.reference} for m in table.values()], indent=1))
+        return 0
+    for m in table.values():
+        print(f"{m.name:20} [{m.plugin}] {m.description}")
     return 0
 
 
@@ -127,7 +159,7 @@ def _plugins(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([vars(p) for p in found], indent=1))
     for p in found if args.format != "json" else []:
-        state = f"ERROR {p.error}" if p.error else ", ".join(p.recipes)
+        state = f"ERROR {p.error}" if p.error else ", ".join(p.recipes + p.methods)
         print(f"{p.name:14} {p.distribution or '-'} {p.version or ''}: {state}")
     return 0
 
@@ -147,11 +179,13 @@ def parser() -> argparse.ArgumentParser:
                                     "readable with xai_recipes.load) per image into --out.")
     ex.add_argument("model", metavar="MODEL", help="hub id or local folder")
     ex.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
-    ex.add_argument("--method", default="gradcam", help="a CAM method (gradcam, scorecam, ...), dff or patch-contributions; "
-                    "all: xai-recipes methods (default gradcam)")
+    ex.add_argument("--method", help="gradcam, hirescam, ..., attention, rollout, gradient-rollout, legrad, dff, "
+                    "patch-contributions: see xai-recipes methods MODEL (default: the recipe's default method)")
+    ex.add_argument("--option", action="append", metavar="NAME=VALUE",
+                    help="a method option, e.g. head_fusion=max, discard_ratio=0.9, layers=4 (repeatable)")
     ex.add_argument("--target", nargs="+", metavar="LABEL", help="label names or indices (default: top-k predictions)")
     ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
-    ex.add_argument("--n-components", type=int, default=5, help="DFF: number of concepts (default 5)")
+    ex.add_argument("--n-components", type=int, help="DFF: number of concepts (default 5)")
     ex.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     ex.add_argument("--device", help="e.g. cpu, cuda, cuda:1")
@@ -178,7 +212,12 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(run=_list)
-    sub.add_parser("methods", help="available methods").set_defaults(run=_methods)
+    me = sub.add_parser("methods", help="registered methods; with MODEL, which apply to it and why not")
+    me.add_argument("model", metavar="MODEL", nargs="?", help="hub id or local folder")
+    me.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
+    me.add_argument("--format", choices=["text", "json"], default="text")
+    me.add_argument("--trust-remote-code", action="store_true")
+    me.set_defaults(run=_methods)
     de = sub.add_parser("describe", help="which recipe, layers and reshape MODEL would be explained with")
     de.add_argument("model", metavar="MODEL", help="hub id or local folder")
     de.add_argument("--recipe", help="recipe name, overriding dispatch by model type")

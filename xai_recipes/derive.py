@@ -24,9 +24,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .cam import first_tensor, with_first
+from .capture import first_tensor, with_first
 from .errors import NoRecipeError, RecipeError
-from .recipe import Recipe, infer_grid, output_logits, tokens_to_map
+from .modelstate import borrowed
+from .recipe import Attention, Recipe, infer_grid, output_logits, tokens_to_map
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 _derived: weakref.WeakKeyDictionary[nn.Module, Recipe | str] = weakref.WeakKeyDictionary()
@@ -229,17 +230,130 @@ def _head(model: nn.Module, feature: _Seen, logits: torch.Tensor, kwargs: dict[s
                 if ok:
                     path = [names[id(m)] for m in chain + [linear]]
                     return (lambda m, p=path: nn.Sequential(*[m.get_submodule(n) for n in p])), pooling, " + ".join(path)
-    replay, was_training = _replay(feature, kwargs, hw), model.training
+    replay = _replay(feature, kwargs, hw)
     try:
         with torch.no_grad():
-            ok = torch.allclose(replay(model.eval())(pooled["mean"]), logits.detach(), atol=1e-4, rtol=1e-3)
+            ok = torch.allclose(replay(model)(pooled["mean"]), logits.detach(), atol=1e-4, rtol=1e-3)
     except Exception:  # noqa: BLE001 - a tail that cannot take the replaced output
         ok = False
-    finally:
-        model.train(was_training)
     if ok:
         return replay, "mean", f"the model's own layers after {feature.name}, replayed on the pooled embedding"
     return None, "mean", "neither a linear head nor the model's own tail reproduces the logits from it (DFF unavailable)"
+
+
+def _attention(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int], feature: _Seen,
+               head: Callable | None, pooling: str) -> tuple[Attention | None, str]:
+    """The model's self-attention probabilities, found by one probe in eager attention: modules
+    whose output (or an item of the tuple they return) is ``B×heads×N×N`` with rows summing to 1
+    over prefix + patch-grid tokens, each run once, each inside a block of a ``ModuleList``. The
+    readout rows are those of the last attention that receive gradient from the logits (CLS);
+    when patch rows do too, the patch rows' mean. LeGrad's per-block score is the feature layer
+    (a per-token norm) + pooling + head, kept only if it reproduces the logits."""
+    param = next(model.parameters())
+    x = torch.randn(2, _channels(model.config), *hw, generator=torch.Generator().manual_seed(1)).to(param.device, param.dtype)
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    names = {id(m): n for n, m in model.named_modules()}
+    found: dict[int, tuple[nn.Module, int, torch.Tensor]] = {}
+    runs: dict[int, int] = {}
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        runs[id(module)] = runs.get(id(module), 0) + 1
+        if not isinstance(output, tuple):
+            return
+        for item, t in enumerate(output):
+            if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[0] == 2 and t.shape[-1] == t.shape[-2] >= 5:
+                if torch.allclose(t.detach().sum(-1), torch.ones((), dtype=t.dtype), atol=1e-3):
+                    found.setdefault(id(module), (module, item, t))
+
+    extra: dict[str, Any] = {}
+    for extra in ({}, {"output_attentions": True}):  # older models return probabilities only when asked
+        found.clear()
+        runs.clear()
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        try:
+            with borrowed(model, eager_attention=True), torch.enable_grad():
+                logits = find_logits(model(pixel_values=x.detach().requires_grad_(True), **kwargs, **extra))
+        except Exception as exc:  # noqa: BLE001 - no attention is not an error: the CAM methods still work
+            return None, f"no attention found (eager probe failed: {type(exc).__name__})"
+        finally:
+            for h in handles:
+                h.remove()
+        if found:
+            break
+    # the innermost module giving each probability tensor (an attention block wraps its self-attention)
+    by_tensor: dict[int, tuple[nn.Module, int, torch.Tensor]] = {}
+    for module, item, t in found.values():
+        if runs[id(module)] == 1:
+            by_tensor.setdefault(id(t), (module, item, t))
+    attn = sorted(by_tensor.values(), key=lambda e: list(found).index(id(e[0])))
+    if not attn:
+        return None, "no self-attention probabilities found (not an attention model, or SDPA could not be switched off)"
+    n = attn[-1][2].shape[-1]
+    patch = getattr(model.config, "patch_size", None)
+    if isinstance(patch, int) and n - (hw[0] // patch) * (hw[1] // patch) >= 0:  # registers: trust the config
+        prefix = n - (hw[0] // patch) * (hw[1] // patch)
+    else:
+        try:
+            prefix = infer_grid(n, hw)[1]
+        except RecipeError:
+            return None, f"its attention's {n} tokens fit no patch grid"
+    attn = [e for e in attn if e[2].shape[-1] == n]
+    items = {e[1] for e in attn}
+    if len(items) != 1:
+        return None, "its attention modules return their probabilities at different places"
+
+    def block_of(module: nn.Module) -> nn.Module | None:
+        while id(module) in parents:
+            parent = parents[id(module)]
+            if isinstance(parent, nn.ModuleList):
+                return module
+            module = parent
+        return None
+
+    blocks = [block_of(m) for m, _, _ in attn]
+    (grad,) = torch.autograd.grad(logits.max(-1).values.sum(), [attn[-1][2]], allow_unused=True)
+    if grad is None:
+        return None, "the logits do not depend on its last attention"
+    rows = (grad.abs().sum((0, 1, 3)) > 1e-12).nonzero().flatten().tolist()
+    readout = tuple(rows) if rows and max(rows) < prefix else None
+    module_names = [names[id(m)] for m, _, _ in attn]
+    block_names = [names[id(b)] for b in blocks] if all(b is not None for b in blocks) else None
+    score = None
+    if head is not None and block_names and isinstance(feature.module, _NORMS) and feature.layout == "tokens":
+        norm_name = feature.name
+
+        def score(m: nn.Module, norm_name: str = norm_name, pooling: str = pooling, prefix: int = prefix) -> Callable:
+            norm, h = m.get_submodule(norm_name), head(m)
+            return lambda z: h(norm(z)[:, 0] if pooling == "cls" else norm(z)[:, prefix:].mean(1))
+
+        last = first_tensor_of(model, block_names[-1], {**kwargs, **extra}, x.detach())
+        with torch.no_grad():
+            if not torch.allclose(score(model)(last), logits.detach(), atol=1e-4, rtol=1e-3):
+                score = None
+    spec = Attention(
+        modules=lambda m, ns=tuple(module_names): [m.get_submodule(n) for n in ns],
+        item=items.pop(),
+        prefix=lambda m, p=prefix: p,
+        readout=readout,
+        blocks=None if score is None else (lambda m, ns=tuple(block_names): [m.get_submodule(n) for n in ns]),
+        score=score,
+        forward_kwargs=extra,
+    )
+    where = f"{len(module_names)} attention modules ({module_names[-1]}, ...), {prefix} prefix token(s), readout " + (
+        f"rows {list(readout)}" if readout else "mean of the patch rows")
+    return spec, where + ("" if score else "; no per-block score for LeGrad")
+
+
+def first_tensor_of(model: nn.Module, name: str, kwargs: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """The (first) output tensor of submodule ``name`` on input ``x``."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(first_tensor(o)))
+    try:
+        with torch.no_grad():
+            model(pixel_values=x, **kwargs)
+    finally:
+        handle.remove()
+    return seen[-1]
 
 
 def _interpolates(model: nn.Module) -> bool:
@@ -257,7 +371,8 @@ def derive(model: nn.Module) -> Recipe:
         cached = _derived.get(model)
         if cached is None:
             try:
-                cached = _derive(model)
+                with borrowed(model):  # eval mode for the probes; the caller's modes restored exactly
+                    cached = _derive(model)
             except NoRecipeError as exc:
                 cached = str(exc)
             _derived[model] = cached
@@ -269,8 +384,6 @@ def derive(model: nn.Module) -> Recipe:
 def _derive(model: nn.Module) -> Recipe:
     model_type = getattr(model.config, "model_type", type(model).__name__)
     kwargs = {"interpolate_pos_encoding": True} if _interpolates(model) else {}
-    was_training = model.training
-    model.eval()
     try:
         hw = _input_size(model.config)
         try:
@@ -289,8 +402,6 @@ def _derive(model: nn.Module) -> Recipe:
     except Exception as exc:  # a model that cannot run a plain probe: say so, typed
         raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: the probe forward pass failed "
                             f"({type(exc).__name__}: {exc}); pass recipe= or write a recipe plugin") from None
-    finally:
-        model.train(was_training)
     targets = [s for s, ok in zip(seen, flags) if ok]
     if not targets:
         raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: no block or norm layer outputs a spatial "
@@ -299,12 +410,14 @@ def _derive(model: nn.Module) -> Recipe:
     target = targets[-1]
     feature = [s for s in seen if s.layout == target.layout][-1]
     head, pooling, how = _head(model, feature, logits, kwargs, hw)
+    attention, where = _attention(model, kwargs, hw, feature, head, pooling)
     layout = {"maps": "B×C×h×w map", "channels_last": "B×h×w×C map",
               "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
     why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "
            f"{_input_size(model.config)[0]}×{_input_size(model.config)[1]}) gets gradient at every position; "
            f"DFF features {feature.name}, head {how} ({pooling} pooling)"
-           + ("" if checked else "; the model takes one input size, so the grid was not checked at a second one"))
+           + ("" if checked else "; the model takes one input size, so the grid was not checked at a second one")
+           + f"; attention: {where}")
     return Recipe(
         name=f"derived:{model_type}",
         model_types=(model_type,),
@@ -315,6 +428,8 @@ def _derive(model: nn.Module) -> Recipe:
         feature_layer=lambda m, n=feature.name: m.get_submodule(n),
         pooling=pooling if pooling in ("mean", "cls") else "mean",
         forward_kwargs=kwargs,
+        attention=attention,
+        default_method="gradcam" if attention is None else ("legrad" if attention.score else "gradient-rollout"),
         description=why,
         plugin="xai_recipes (derived)",
     )

@@ -14,14 +14,13 @@ from PIL import Image
 from torch import nn
 
 from . import loading, registry
-from .cam import LogitsModel, compute_cams, forward_with_capture, method_name
-from .contributions import patch_contributions, signed_maps
-from .dff import factorize
-from .errors import ImageError, ImageSkippedWarning, XAIRecipesError
+from .errors import ImageError, ImageSkippedWarning, MethodNotApplicableError, XAIRecipesError
 from .explanation import Explanation
 from .geometry import Geometry, measure
 from .images import ImageInput, image_files, load_image
 from .lru import LRU
+from .method import Batch, Method
+from .modelstate import borrowed
 from .recipe import Recipe
 from .targets import Target, resolve_targets
 
@@ -56,16 +55,16 @@ def _sources(images: Any) -> Iterator[tuple[str, Any]]:
 
 @dataclass
 class _Run:
-    """Everything one ``explain()`` call fixes before the first image: model, recipe, targets."""
+    """Everything one ``explain()`` call fixes before the first image: model, recipe, method, targets."""
 
     model: nn.Module
     processor: Any
     recipe: Recipe
-    method: str
+    method: Method
     id2label: dict[int, str]
     wanted: list[int] | None
     top_k: int
-    n_components: int
+    options: dict[str, Any]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.recipe.image_tensor(self.processor(images=image, return_tensors="pt"))
@@ -92,22 +91,24 @@ class _Run:
         shapes: dict[tuple[int, ...], list[int]] = {}
         for i, (_, _, pixels) in enumerate(items):
             shapes.setdefault(tuple(pixels.shape), []).append(i)
-        for group in shapes.values():
-            for i, exp in zip(group, self._explain_same_size([items[i] for i in group])):
-                out[i] = exp
+        with borrowed(self.model, eager_attention=self.method.eager_attention):
+            for group in shapes.values():
+                for i, exp in zip(group, self._explain_same_size([items[i] for i in group])):
+                    out[i] = exp
         return out  # type: ignore[return-value]
+
+    def choose(self, logits: torch.Tensor) -> list[list[int]]:
+        """The targets per image: the user's, else the ``top_k`` predictions."""
+        if self.wanted:
+            return [list(self.wanted) for _ in range(len(logits))]
+        return logits.float().topk(min(self.top_k, len(self.id2label))).indices.tolist()
 
     def _explain_same_size(self, items: list[tuple[str | None, Image.Image, torch.Tensor]]) -> list[Explanation]:
         model, recipe, id2label = self.model, self.recipe, self.id2label
         param = next(model.parameters())
         pixel_values = torch.cat([p for _, _, p in items]).to(param.device, param.dtype)
-        if self.method == "dff":
-            capture, concepts = factorize(model, recipe, pixel_values, self.n_components)
-        else:
-            exact = self.method == "patch-contributions"
-            layers = [recipe.features(model)] if exact else list(recipe.target_layers(model))
-            capture = forward_with_capture(LogitsModel(model, recipe), layers, pixel_values)
-        logits = capture.logits.detach()
+        result = self.method.run(Batch(model, recipe, pixel_values, self.choose, self.top_k, self.options))
+        logits = result.logits.detach()
         if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
             raise XAIRecipesError(
                 f"recipe {recipe.name!r} gives logits of shape {tuple(logits.shape)} for {len(items)} image(s) but "
@@ -115,29 +116,14 @@ class _Run:
             )
         probs = logits.float().softmax(-1)
         top5 = probs.topk(min(5, len(id2label)))
-        k = min(self.top_k, len(id2label))
-        if self.method == "dff":  # one map per concept, named by the concept's top class
-            maps = [c.maps for c in concepts]
-            targets = [c.probs.argmax(-1).tolist() for c in concepts]
-            scores = [c.probs.max(-1).tolist() for c in concepts]
-            legends = [[[(int(i), id2label[int(i)], float(row[i])) for i in np.argsort(-row)[:k]] for row in c.probs]
-                       for c in concepts]
-        else:
-            top_k = probs.topk(k).indices.tolist()
-            targets = [self.wanted or top_k[b] for b in range(len(items))]
-            scores = [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
-            legends = [None] * len(items)
-        raw = intercepts = None
-        if self.method == "patch-contributions":
-            raw, intercepts = patch_contributions(model, recipe, capture, targets, tuple(pixel_values.shape[-2:]))
-            maps = signed_maps(raw, tuple(pixel_values.shape[-2:]))
-        elif self.method != "dff":
-            maps = compute_cams(model, recipe, pixel_values, targets, self.method, capture)
-        layers = module_names(model, capture.layers)
+        targets = result.targets
+        scores = result.scores or [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
+        layers = module_names(model, result.layers)
         results = []
         for b, (source, pil, _) in enumerate(items):
             geometry = self.geometry((pil.height, pil.width))
-            heatmaps, coverage = geometry.to_image(maps[b])
+            heatmaps, coverage = geometry.to_image(result.maps[b])
+            heads = None if result.heads is None else geometry.to_image(result.heads[b])[0]
             results.append(Explanation(
                 image=pil,
                 heatmaps=heatmaps,
@@ -147,13 +133,14 @@ class _Run:
                 scores=scores[b],
                 predictions=[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])],
                 recipe=recipe.name,
-                method=self.method,
+                method=self.method.name,
                 target_layers=layers,
                 source=source,
                 geometry=geometry,
-                legend=legends[b],
-                contributions=None if raw is None else raw[b].cpu().numpy(),
-                intercepts=None if intercepts is None else intercepts[b].tolist(),
+                legend=None if result.legend is None else result.legend[b],
+                contributions=None if result.contributions is None else result.contributions[b],
+                intercepts=None if result.intercepts is None else result.intercepts[b],
+                heads=heads,
             ))
         return results
 
@@ -181,7 +168,7 @@ def explain(
     model: str | os.PathLike | nn.Module,
     image: ImageInput | Sequence[ImageInput] | Iterator[ImageInput],
     *,
-    method: str = "gradcam",
+    method: str | Method | None = None,
     target: Target | Sequence[Target] | None = None,
     top_k: int = 1,
     processor: Any = None,
@@ -190,7 +177,7 @@ def explain(
     trust_remote_code: bool = False,
     batch_size: int = 8,
     on_error: OnError = "warn",
-    n_components: int = 5,
+    **options: Any,
 ) -> Explanation | Iterator[Explanation]:
     """Explain an image classifier's decision on one image, or stream explanations of many.
 
@@ -199,11 +186,13 @@ def explain(
             ``*ForImageClassification`` model.
         image: path, PIL image or ``H×W×C`` array, any mode. A list (or iterator) of those, or
             a folder (searched recursively), gives a generator of explanations instead.
-        method: a CAM method name (see :data:`xai_recipes.METHODS`); ``"dff"``: Deep Feature
-            Factorization into ``n_components`` concepts, one heatmap each, each concept named
-            by its top classes (``legend``) through the model's own head; or
-            ``"patch-contributions"``: exact per-patch logit contributions of a linear head
-            (GAMs, average-pool + fc CNNs), raw numbers in ``contributions``.
+        method: a registered method (``xai-recipes methods``): the CAM family (``"gradcam"``,
+            ``"hirescam"``, ...), the attention methods (``"attention"``, ``"rollout"``,
+            ``"gradient-rollout"``, ``"legrad"``), ``"dff"`` (Deep Feature Factorization: one
+            map per concept, named by the model's own head in ``legend``) or
+            ``"patch-contributions"`` (exact per-patch logit contributions of a linear head).
+            ``None``: the recipe's ``default_method``, the best-localising one measured for
+            the family.
         target: label name (case-insensitive, any comma-separated synonym), class index, or a
             list of them; ``None`` explains the ``top_k`` predictions. (Not used by DFF.)
         top_k: how many top predictions to explain when ``target`` is None; for DFF, how many
@@ -216,29 +205,41 @@ def explain(
         on_error: for many images, what happens to one that cannot be read or processed:
             ``"warn"`` (an :class:`ImageSkippedWarning`, then skip), ``"raise"``, or a callable
             ``on_error(source, error)`` (then skip).
-        n_components: DFF's number of concepts.
+        **options: the method's options (``Method.options``), e.g. ``n_components=5`` for DFF,
+            ``head_fusion="max"`` / ``discard_ratio=0.9`` for rollout, ``layers=4`` for LeGrad.
 
     Returns:
         An :class:`Explanation` whose ``heatmaps`` have the original image's size; for many
         images a generator yielding one per image, in order, one batch in memory at a time.
+        The user's model is left as it was (train mode, attention implementation, hooks).
     """
-    method = method_name(method)
+    chosen_method = None if method is None else registry.get_method(method)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise XAIRecipesError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
     if on_error not in ("raise", "warn") and not callable(on_error):
         raise XAIRecipesError(f"on_error must be 'raise', 'warn' or a callable, got {on_error!r}")
-    if method == "dff" and target is not None:
-        raise XAIRecipesError("DFF names its concepts by the model's own classes; it takes no target (use top_k "
-                              "for how many classes name each concept)")
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-        raise XAIRecipesError(f"n_components must be a positive integer, got {n_components!r}")
     model, processor = loading.load(model, processor, device, trust_remote_code)
-    model.eval()  # explanations of the deterministic model: no dropout, BN running statistics
     chosen = registry.find_recipe(model, recipe)
+    chosen_method = chosen_method or registry.get_method(chosen.default_method)
+    why_not = chosen_method.why_not(model, chosen)
+    if why_not:
+        raise MethodNotApplicableError(f"{chosen_method.name} cannot explain this model: {why_not}")
+    if not chosen_method.takes_target and target is not None:
+        raise XAIRecipesError(f"{chosen_method.name} chooses what it shows itself and takes no target (DFF names its "
+                              "concepts by the model's own classes; use top_k for how many classes name each concept)")
+    unknown = sorted(set(options) - set(chosen_method.options))
+    if unknown:
+        raise XAIRecipesError(f"method {chosen_method.name!r} takes no option {', '.join(map(repr, unknown))}; its "
+                              f"options: {', '.join(chosen_method.options) or 'none'}")
+    options = {**chosen_method.options, **options}
+    if "n_components" in options:
+        n = options["n_components"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise XAIRecipesError(f"n_components must be a positive integer, got {n!r}")
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    run = _Run(model, processor, chosen, method, id2label, resolve_targets(target, id2label), top_k, n_components)
+    run = _Run(model, processor, chosen, chosen_method, id2label, resolve_targets(target, id2label), top_k, options)
     if _is_many(image):
         return run.stream(_sources(image), batch_size, on_error)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None

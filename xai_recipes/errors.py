@@ -39,6 +39,11 @@ class RecipeError(XAIRecipesError, RuntimeError):
     """A recipe does not fit the model it was applied to (layer missing, token grid mismatch...)."""
 
 
+class MethodNotApplicableError(RecipeError):
+    """The method cannot explain this model (e.g. rollout on window attention); the message says
+    why and which methods apply instead."""
+
+
 class GeometryError(XAIRecipesError, RuntimeError):
     """The image processor's resize/crop cannot be mapped back to the original image."""
 

@@ -41,6 +41,8 @@ class Explanation:
         contributions, intercepts: patch contributions only: ``T×h×w`` per-patch logit
             contributions (``contributions[t].sum() + intercepts[t]`` is the logit); there the
             heatmaps are signed, in [-1, 1] (divided by the largest magnitude).
+        heads: ``attention`` only: ``heads×H×W`` maps, one per attention head of the last
+            block, each in [0, 1] (``heatmaps`` holds their mean).
     """
 
     image: Image.Image
@@ -58,6 +60,7 @@ class Explanation:
     legend: list[list[tuple[int, str, float]]] | None = None
     contributions: np.ndarray | None = None
     intercepts: list[float] | None = None
+    heads: np.ndarray | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed)."""
@@ -88,7 +91,7 @@ class Explanation:
             self.figure().save(path)
             return [path]
         arrays, meta = path.with_suffix(".npz"), path.with_suffix(".json")
-        extra = {} if self.contributions is None else {"contributions": self.contributions}
+        extra = {k: getattr(self, k) for k in ("contributions", "heads") if getattr(self, k) is not None}
         np.savez_compressed(arrays, heatmaps=self.heatmaps, coverage=self.coverage, image=np.asarray(self.image), **extra)
         info = {k: getattr(self, k) for k in _METADATA}
         info["geometry"] = dataclasses.asdict(self.geometry) if self.geometry else None
@@ -115,6 +118,7 @@ def load(path: str | os.PathLike) -> Explanation:
         with np.load(meta_path.with_name(info["arrays"]), allow_pickle=False) as arrays:
             heatmaps, coverage, image = arrays["heatmaps"], arrays["coverage"], arrays["image"]
             contributions = arrays["contributions"] if "contributions" in arrays.files else None
+            heads = arrays["heads"] if "heads" in arrays.files else None
     except (OSError, ValueError, KeyError) as exc:
         raise XAIRecipesError(f"cannot load an explanation from {path}: {exc}; pass the .npz or .json "
                               "written by Explanation.save()") from exc
@@ -129,5 +133,6 @@ def load(path: str | os.PathLike) -> Explanation:
         coverage=coverage,
         geometry=Geometry(**{k: tuple(v) for k, v in geometry.items()}) if geometry else None,
         contributions=contributions,
+        heads=heads,
         **fields,
     )

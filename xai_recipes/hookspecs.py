@@ -17,6 +17,7 @@ from typing import Callable
 
 import pluggy
 
+from .method import Method
 from .recipe import Recipe
 
 hookspec = pluggy.HookspecMarker("xai_recipes")
@@ -38,4 +39,20 @@ def register_recipes(register: Callable[[Recipe], None]) -> None:
 
     Returns nothing. If the hook raises, none of the plugin's recipes is kept: the plugin is
     skipped with a ``RuntimeWarning`` and its error is shown by ``xai-recipes plugins``.
+    """
+
+
+@hookspec
+def register_methods(register: Callable[[Method], None]) -> None:
+    """Register explanation methods by calling ``register(Method(...))`` once per method.
+
+    Called exactly like :func:`register_recipes` (once per plugin, when it is added), and a
+    plugin may implement both. Method names are matched ignoring case, ``-``, ``_`` and spaces.
+
+    Args:
+        register: call it with each :class:`xai_recipes.Method` the plugin provides. Anything
+            else, or a method name that is already registered, makes the whole plugin fail.
+
+    Returns nothing. If the hook raises, none of the plugin's recipes or methods is kept: the
+    plugin is skipped with a ``RuntimeWarning`` and its error is shown by ``xai-recipes plugins``.
     """

@@ -20,6 +20,41 @@ from .errors import RecipeError
 Reshape = Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Attention:
+    """Where a transformer family's attention probabilities are, for the attention methods.
+
+    Attributes:
+        modules: ``model -> [module, ...]``, one per block in forward order, each giving the
+            attention probabilities ``B×heads×queries×keys`` as its output (``item=None``) or
+            as item ``item`` of the tuple it returns (transformers' attention modules return
+            ``(output, weights)``: ``item=1``). The engine makes the model compute them for the
+            call (eager attention instead of SDPA) and puts everything back afterwards.
+        prefix: ``model -> n``: tokens before the patch grid (CLS, distillation, registers).
+        readout: the query rows the classifier reads: ``(0,)`` for a CLS token, ``(0, 1)`` for
+            DeiT's CLS + distillation tokens; ``None`` when it mean-pools the patch tokens.
+        blocks: ``model -> [module, ...]``, the blocks whose output tokens ``score`` reads, one
+            per attention module (LeGrad's per-layer class scores); ``None``: no LeGrad.
+        score: ``model -> (tokens B×N×C -> logits B×labels)``: the model's own final norm,
+            pooling and classifier applied to any block's output tokens.
+        spans_model: whether ``modules`` carry one token sequence from the patch embedding to
+            the head, so that products of attention maps trace tokens back to patches
+            (rollout, gradient rollout). ``False`` for a last stage over other stages (CvT) or
+            spatially reduced keys (SegFormer): only ``attention`` and ``legrad`` apply there.
+        forward_kwargs: extra model arguments for the attention methods' forward pass, e.g.
+            ``output_attentions=True`` for models that return probabilities only when asked.
+    """
+
+    modules: Callable[[nn.Module], Sequence[nn.Module]]
+    item: int | None = 1
+    prefix: Callable[[nn.Module], int] = lambda m: 1
+    readout: tuple[int, ...] | None = (0,)
+    blocks: Callable[[nn.Module], Sequence[nn.Module]] | None = None
+    score: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    spans_model: bool = True
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
 def output_logits(output: Any) -> torch.Tensor:
     """The default tensor-output wrapper: ``ModelOutput.logits`` (or a plain tensor)."""
     return output if isinstance(output, torch.Tensor) else output.logits
@@ -50,6 +85,12 @@ class Recipe:
             ``output["pixel_values"]``. Geometry, masking and batching work on that image.
         inputs: ``(model, image tensor) -> model keyword arguments``; default
             ``{"pixel_values": image, **forward_kwargs}``.
+        attention: where the attention probabilities are (:class:`Attention`), for the
+            attention methods; ``None`` for models without attention.
+        default_method: the method ``explain`` uses when none is asked for: the one that
+            localises best on this family, as measured (see the gallery's quality tables).
+        unsupported: method name → why that method cannot explain this family and what to use
+            instead (e.g. Swin's window attention has no global readout).
         description: one line for listings and the gallery.
     """
 
@@ -65,6 +106,9 @@ class Recipe:
     matches: Callable[[nn.Module], bool] | None = None
     image: Callable[[Mapping[str, Any]], torch.Tensor] | None = None
     inputs: Callable[[nn.Module, torch.Tensor], dict[str, Any]] | None = None
+    attention: Attention | None = None
+    default_method: str = "gradcam"
+    unsupported: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     plugin: str = ""  # set by the registry: which plugin registered it
 

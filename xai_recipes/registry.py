@@ -1,6 +1,6 @@
-"""The recipe registry: plugins found through the ``xai_recipes`` entry-point group.
+"""The registry of recipes and methods: plugins found through the ``xai_recipes`` entry-point group.
 
-Built-in recipes arrive exactly like third-party ones. A plugin that fails to import, or whose
+Built-in recipes and methods arrive exactly like third-party ones. A plugin that fails to import, or whose
 hook raises, is reported (a warning, and in :func:`plugins`) and skipped; the rest keep working.
 """
 
@@ -17,7 +17,8 @@ import pluggy
 from torch import nn
 
 from . import hookspecs
-from .errors import NoRecipeError
+from .errors import NoRecipeError, UnknownMethodError
+from .method import Method
 from .recipe import Recipe
 
 ENTRY_POINT_GROUP = "xai_recipes"
@@ -31,16 +32,23 @@ class PluginInfo:
     distribution: str | None = None
     version: str | None = None
     recipes: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
     error: str | None = None
 
 
+def method_key(name: str) -> str:
+    """How method names are matched: case, ``-``, ``_`` and spaces ignored, ``+`` read as ``p``."""
+    return str(name).lower().replace("+", "p").replace("-", "").replace("_", "").replace(" ", "")
+
+
 class Registry:
-    """Recipes by name, filled from plugins. Use the module-level functions, not this class."""
+    """Recipes and methods by name, filled from plugins. Use the module-level functions, not this class."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("xai_recipes")
         self.pm.add_hookspecs(hookspecs)
         self.recipes: dict[str, Recipe] = {}
+        self.methods: dict[str, Method] = {}  # by method_key
         self.plugins: dict[str, PluginInfo] = {}
 
     def load_entry_points(self) -> None:
@@ -60,26 +68,36 @@ class Registry:
         if self.pm.is_registered(plugin):
             return
         self.pm.register(plugin, name=info.name)
-        for impl in self.pm.hook.register_recipes.get_hookimpls():
+        recipes = self._collect(plugin, info, "register_recipes", Recipe, lambda r: r.name, self.recipes)
+        methods = None if recipes is None else self._collect(
+            plugin, info, "register_methods", Method, lambda m: method_key(m.name), self.methods)
+        if recipes is None or methods is None:  # a failing hook fails the whole plugin
+            return
+        for recipe in recipes:
+            self.recipes[recipe.name] = replace(recipe, plugin=info.name)
+            info.recipes.append(recipe.name)
+        for method in methods:
+            self.methods[method_key(method.name)] = replace(method, plugin=info.name)
+            info.methods.append(method.name)
+
+    def _collect(self, plugin: Any, info: PluginInfo, hook: str, kind: type, key: Any, taken: dict) -> list | None:
+        """What ``plugin``'s ``hook`` registers, checked; ``None`` (and the plugin failed) if it raises."""
+        added: list = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
             if impl.plugin is not plugin:
                 continue
-            added: list[Recipe] = []
             try:
                 impl.function(register=added.append)
-                for recipe in added:
-                    if not isinstance(recipe, Recipe):
-                        raise TypeError(f"register() wants a xai_recipes.Recipe, got {type(recipe).__name__}")
-                    if recipe.name in self.recipes:
-                        raise ValueError(
-                            f"recipe name {recipe.name!r} is already registered by plugin "
-                            f"{self.recipes[recipe.name].plugin!r}"
-                        )
+                for item in added:
+                    if not isinstance(item, kind):
+                        raise TypeError(f"register() wants a xai_recipes.{kind.__name__}, got {type(item).__name__}")
+                    if key(item) in taken:
+                        raise ValueError(f"{kind.__name__.lower()} name {item.name!r} is already registered by plugin "
+                                         f"{taken[key(item)].plugin!r}")
             except Exception as exc:
-                self._fail(info, f"register_recipes raised {type(exc).__name__}: {exc}")
-                return
-            for recipe in added:
-                self.recipes[recipe.name] = replace(recipe, plugin=info.name)
-                info.recipes.append(recipe.name)
+                self._fail(info, f"{hook} raised {type(exc).__name__}: {exc}")
+                return None
+        return added
 
     def _fail(self, info: PluginInfo, error: str) -> None:
         info.error = error
@@ -119,6 +137,27 @@ def plugins() -> list[PluginInfo]:
 def recipes() -> dict[str, Recipe]:
     """All registered recipes by name."""
     return dict(_get().recipes)
+
+
+def methods_table() -> dict[str, Method]:
+    """All registered methods by name."""
+    return {m.name: m for m in _get().methods.values()}
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Names of registered methods matching a shell-style ``pattern``, in registration order."""
+    return [m.name for m in _get().methods.values() if fnmatch.fnmatchcase(m.name, pattern)]
+
+
+def get_method(name: str | Method) -> Method:
+    """The method called ``name`` ("Grad-CAM++" finds "gradcam++"), or :class:`UnknownMethodError`."""
+    if isinstance(name, Method):
+        return name
+    found = _get().methods.get(method_key(name))
+    if found is None:
+        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())} "
+                                 "(xai-recipes methods MODEL says which apply to a model)")
+    return found
 
 
 def list_recipes(pattern: str = "*") -> list[str]:

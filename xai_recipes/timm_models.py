@@ -56,7 +56,10 @@ def _wrap(timm_config: dict[str, Any], timm_model: nn.Module | None = None) -> t
     if getattr(embed, "strict_img_size", False) and getattr(embed, "img_size", None):
         pretrained["input_size"] = (3, *embed.img_size)  # a ViT built with img_size=... takes only that size
     processor = TimmWrapperImageProcessor(pretrained_cfg=pretrained, architecture=config.architecture)
-    return model.eval(), processor
+    if timm_model is None:
+        return model.eval(), processor
+    model.training = timm_model.training  # the user's timm model keeps its mode (explain borrows it)
+    return model, processor
 
 
 def wrap_timm_model(timm_model: nn.Module, labels: list[str] | None = None) -> tuple[nn.Module, Any]:
@@ -68,7 +71,7 @@ def wrap_timm_model(timm_model: nn.Module, labels: list[str] | None = None) -> t
               "pretrained_cfg": pretrained, **({"global_pool": pool} if isinstance(pool, str) else {})}
     if labels is not None:
         config["label_names"] = list(labels)
-    return _wrap(config, timm_model.eval())
+    return _wrap(config, timm_model)
 
 
 def load_timm_folder(folder: str | os.PathLike) -> tuple[nn.Module, Any]:

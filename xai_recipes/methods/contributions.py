@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cam import Capture, as_maps
-from .errors import RecipeError
-from .recipe import Recipe
+from ..capture import Capture, LogitsModel, as_maps, forward_with_capture
+from ..errors import RecipeError
+from ..hookspecs import hookimpl
+from ..method import Batch, Method, Result
+from ..recipe import Recipe
 
 
 def patch_contributions(
@@ -48,3 +50,33 @@ def signed_maps(contributions: torch.Tensor, input_hw: tuple[int, int]) -> list:
     peak = contributions.abs().amax((-2, -1), keepdim=True).clamp_min(1e-12)
     up = nn.functional.interpolate(contributions / peak, size=input_hw, mode="nearest")
     return list(up.cpu().numpy())
+
+
+def run(batch: Batch) -> Result:
+    """Capture the feature layer, choose targets, split each target logit into patch contributions."""
+    model, recipe = batch.model, batch.recipe
+    capture = forward_with_capture(LogitsModel(model, recipe), [recipe.features(model)], batch.pixel_values)
+    targets = batch.choose(capture.logits.detach())
+    raw, intercepts = patch_contributions(model, recipe, capture, targets, batch.input_hw)
+    return Result(capture.logits.detach(), targets, signed_maps(raw, batch.input_hw), capture.layers,
+                  contributions=raw.cpu().numpy(), intercepts=intercepts.tolist())
+
+
+def _check(model: nn.Module, recipe: Recipe) -> str | None:
+    head = recipe.head(model)
+    if not isinstance(head, nn.Linear) or recipe.pooling == "cls":
+        return (f"patch contributions need one linear head on mean- or sum-pooled patch features; this model's head "
+                f"is {type(head).__name__} on {recipe.pooling} pooling (use a CAM or attention method instead)")
+    return None
+
+
+METHOD = Method(
+    name="patch-contributions", run=run, needs=("head",), check=_check, signed=True,
+    description="Exact linear patch contributions: logit = Σ patches + intercept (GAMs, average-pool + fc CNNs)",
+    reference="Emb-GAM (Singh & Gao 2023); CAM (Zhou et al. 2016)",
+)
+
+
+@hookimpl
+def register_methods(register):
+    register(METHOD)

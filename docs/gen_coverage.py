@@ -29,7 +29,8 @@ def _check(model, processor, method: str) -> str:
     import xai_recipes
 
     try:
-        exp = xai_recipes.explain(model, IMAGE, processor=processor, top_k=2, method=method, n_components=2)
+        options = {"n_components": 2} if method == "dff" else {}
+        exp = xai_recipes.explain(model, IMAGE, processor=processor, top_k=2, method=method, **options)
     except xai_recipes.XAIRecipesError as exc:
         return f"no: {type(exc).__name__}"
     ok = exp.heatmaps.shape[1:] == IMAGE.shape[:2] and np.isfinite(exp.heatmaps).all() and exp.heatmaps[0].std() > 1e-3
@@ -52,7 +53,8 @@ def rows() -> list[dict]:
             warnings.simplefilter("ignore")
             for model_type in A.ARCHITECTURES:
                 row = {"model_type": model_type, "class": A.model_class(model_type).__name__, "recipe": "",
-                       "status": "", "layer": "", "gradcam": {}, "dff": {}, "note": ""}
+                       "status": "", "layer": "", "gradcam": {}, "dff": {}, "default_method": "", "default": {},
+                       "attention_methods": [], "note": ""}
                 out.append(row)
                 if model_type in A.UNBUILDABLE:
                     row.update(status="unbuildable here", note=A.UNBUILDABLE[model_type])
@@ -69,12 +71,17 @@ def rows() -> list[dict]:
                 derived = recipe.name.startswith("derived:")
                 row.update(recipe=recipe.name, status="derived" if derived else "explicit",
                            layer=", ".join(module_names(model, recipe.target_layers(model))))
+                row["default_method"] = recipe.default_method
+                row["attention_methods"] = [m for m in ("attention", "rollout", "gradient-rollout", "legrad")
+                                            if xai_recipes.get_method(m).why_not(model, recipe) is None]
                 if derived and recipe.head is None:
                     row["note"] = "DFF: neither a linear head nor the model's own tail reproduces the logits from the pooled features"
                 for h, w in A.SIZES[model_type]:
                     processor = ViTImageProcessor(size={"height": h, "width": w})
                     row["gradcam"][f"{h}x{w}"] = _check(model, processor, "gradcam")
                     row["dff"][f"{h}x{w}"] = _check(model, processor, "dff")
+                    row["default"][f"{h}x{w}"] = (row["gradcam"][f"{h}x{w}"] if recipe.default_method == "gradcam"
+                                                  else _check(model, processor, recipe.default_method))
     finally:
         torch.set_num_threads(threads)
     return out
@@ -94,14 +101,19 @@ def markdown(table: list[dict]) -> str:
         "",
         ", ".join(f"**{n}** {s}" for s, n in counts.items()) + ".",
         "",
-        "| architecture | class | status | recipe | target layer | GradCAM | DFF | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "*default*: the recipe's default method (`explain(model, image)` without `method=`); *attention*: the",
+        "attention methods that apply (the recipe declares or the probe found the attention probabilities).",
+        "",
+        "| architecture | class | status | recipe | target layer | GradCAM | DFF | default | attention | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(f"| {r['model_type']} | {r['class']} | {r['status']} | {r['recipe'] or '–'} | "
-                     f"`{r['layer']}` | {cell(r['gradcam'])} | {cell(r['dff'])} | {r['note'].replace('|', '/')} |"
+                     f"`{r['layer']}` | {cell(r['gradcam'])} | {cell(r['dff'])} | "
+                     f"{r['default_method']}: {cell(r['default'])} | {', '.join(r['attention_methods']) or '–'} | "
+                     f"{r['note'].replace('|', '/')} |"
                      if r["layer"] else
-                     f"| {r['model_type']} | {r['class']} | {r['status']} | – | – | – | – | {r['note'].replace('|', '/')} |")
+                     f"| {r['model_type']} | {r['class']} | {r['status']} | – | – | – | – | – | – | {r['note'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

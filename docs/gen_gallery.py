@@ -38,6 +38,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 GALLERY = DOCS / "gallery"
 IMG = GALLERY / "img"
+METHODS_DIR = GALLERY / "methods"
 EXAMPLE_IMAGE = IMG / "example.png"
 TRAINED = ROOT / "tests" / "trained"
 COVERAGE_JSON = DOCS / "coverage.json"
@@ -322,7 +323,7 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
     out += ["### GradCAM, two targets", ""]
     try:
         target = {"target": example.target} if example.target else {"top_k": 2}
-        exp = xai_recipes.explain(example.model, example.image, **target, **kwargs)
+        exp = xai_recipes.explain(example.model, example.image, method="gradcam", **target, **kwargs)
         file = save_png(exp.figure(), IMG / f"{name}-gradcam.png")
         thumb = file
         how = "the targets asked for" if example.target else "the model's top-2 predictions"
@@ -330,6 +331,18 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
                 f"![GradCAM of {name} for two targets](img/{file})", ""]
     except Exception as exc:
         out += [f"GradCAM failed on this model: `{type(exc).__name__}: {exc}`", ""]
+
+    default = xai_recipes.get_recipe(name).default_method
+    if default != "gradcam":
+        out += [f"### Default method: {default}, two targets", ""]
+        try:
+            target = {"target": example.target} if example.target else {"top_k": 2}
+            exp = xai_recipes.explain(example.model, example.image, **target, **kwargs)
+            file = save_png(exp.figure(), IMG / f"{name}-default.png")
+            out += [f"`explain(model, image, target=...)` without `method=` runs the recipe's default, "
+                    f"`{exp.method}`: {_scores(exp)}:", "", f"![{exp.method} of {name} for two targets](img/{file})", ""]
+        except Exception as exc:
+            out += [f"The default method failed on this model: `{type(exc).__name__}: {exc}`", ""]
 
     out += ["### Deep Feature Factorization", ""]
     try:
@@ -359,6 +372,8 @@ def render_page(recipe, plugin, example: Example | None) -> tuple[str, str | Non
         f"| Pooling (DFF) | `{recipe.pooling}` |",
         f"| Forward kwargs | {', '.join(f'`{k}={v!r}`' for k, v in recipe.forward_kwargs.items()) or '—'} |",
         f"| Refined by `matches` | {'yes' if recipe.matches else 'no'} |",
+        f"| Default method | [`{recipe.default_method}`](methods/{method_page(recipe.default_method)}) |",
+        f"| Attention (for the attention methods) | {'declared' if recipe.attention else '—'} |",
         "",
         "## How it explains", "",
         doc or "*(the recipe's module has no docstring)*", "",
@@ -385,6 +400,54 @@ def render_page(recipe, plugin, example: Example | None) -> tuple[str, str | Non
     return "\n".join(out), thumb
 
 
+def method_page(name: str) -> str:
+    """The file name of a method's page (method names may hold characters like ``+``)."""
+    return name.replace("+", "plus") + ".md"
+
+
+#: method → the recipe whose example model its page shows it on (the first one it applies to)
+METHOD_EXAMPLES = ("vit", "timm_vit_gap", "segformer", "resnet", "dino_gam")
+
+
+def render_method(method, recipes: dict, examples: dict) -> str:
+    """A method's page: what it computes, what it needs, which recipes it applies to, a figure."""
+    import xai_recipes
+
+    out = [f"# {method.name}", "", method.description or "*(no description)*", "", "| | |", "|---|---|",
+           f"| Plugin | `{method.plugin}` |", f"| Reference | {method.reference or '—'} |",
+           f"| Needs from the recipe | {', '.join(f'`{n}`' for n in method.needs) or '—'} |",
+           f"| Class-specific | {'yes' if method.class_specific else 'no (the same map for every target)'} |",
+           f"| Options | {', '.join(f'`{k}={v!r}`' for k, v in method.options.items()) or '—'} |",
+           f"| Default of | {', '.join(f'[{r}](../{r}.md)' for r, x in sorted(recipes.items()) if x.default_method == method.name) or '—'} |",
+           "", "## Recipes", "",
+           "Whether the recipe declares what the method needs (a model may still refuse it: `describe(model)` "
+           "checks the model itself):", "", "| recipe | applies |", "|---|---|"]
+    for name, recipe in sorted(recipes.items()):
+        missing = [n for n in method.needs if getattr(recipe, n, None) is None]
+        why = recipe.unsupported.get(method.name) or (f"no {', '.join(missing)}" if missing else "yes")
+        out.append(f"| [{name}](../{name}.md) | {_cell(why)} |")
+    out += ["", "## On an example model", ""]
+    for name in METHOD_EXAMPLES:
+        example = examples.get(name)
+        if example is None:
+            continue
+        try:
+            model_kwargs = dict(processor=example.processor, recipe=name, method=method.name)
+            options = {"n_components": example.n_components} if "n_components" in method.options else {}
+            target = {"target": example.target} if example.target and method.takes_target else {"top_k": 2}
+            exp = xai_recipes.explain(example.model, example.image, **target, **model_kwargs, **options)
+        except xai_recipes.XAIRecipesError:
+            continue
+        file = save_png(exp.figure(), IMG / f"method-{method_page(method.name)[:-3]}.png")
+        out += [f"Recipe [{name}](../{name}.md), {example.about}: {_scores(exp)}.", "",
+                f"![{method.name} on {name}](../img/{file})", ""]
+        break
+    else:
+        out += ["No example model of the gallery fits this method.", ""]
+    out += ["---", "", "*Generated by `python docs/gen_gallery.py` from the method registry; do not edit by hand.*", ""]
+    return "\n".join(out)
+
+
 def render_index(entries: list[tuple[Any, str | None]]) -> str:
     out = [
         "# Recipe gallery", "",
@@ -394,11 +457,19 @@ def render_index(entries: list[tuple[Any, str | None]]) -> str:
     ]
     if COVERAGE_MD.is_file():
         out += ["How every recipe fares across model types: the [coverage table](../coverage.md).", ""]
-    out += ["| Recipe | Model types | Plugin | Example (GradCAM, two targets) | Declares |", "|---|---|---|---|---|"]
+    out += ["| Recipe | Model types | Plugin | Default method | Example (GradCAM, two targets) | Declares |",
+            "|---|---|---|---|---|---|"]
     for recipe, thumb in entries:
         picture = f"![{recipe.name}](img/{thumb}){{ width=\"240\" }}" if thumb else "*(no example model)*"
         out.append(f"| [{recipe.name}]({recipe.name}.md) | {', '.join(f'`{t}`' for t in recipe.model_types)} | "
-                   f"`{recipe.plugin}` | {picture} | {_cell(recipe.description)} |")
+                   f"`{recipe.plugin}` | [`{recipe.default_method}`](methods/{method_page(recipe.default_method)}) | "
+                   f"{picture} | {_cell(recipe.description)} |")
+    import xai_recipes
+
+    out += ["", "## Methods", "", "One page per registered method: what it computes, what it needs from a recipe, "
+            "which recipes it applies to.", "", "| Method | Plugin | Description |", "|---|---|---|"]
+    for method in xai_recipes.methods_table().values():
+        out.append(f"| [{method.name}](methods/{method_page(method.name)}) | `{method.plugin}` | {_cell(method.description)} |")
     out += ["", "The example image of the trained tiny models (a synthetic shape on grey clutter; "
             "`docs/gallery/img/example.png`):", "", "![example image](img/example.png)", "",
             "---", "", "*Generated by `python docs/gen_gallery.py`; do not edit by hand.*", ""]
@@ -426,7 +497,7 @@ def generate(only: list[str] | None = None) -> list[str]:
         if stale.name != "index.md" and stale.stem not in recipes:
             stale.unlink()
     for stale in IMG.glob("*-*.png"):
-        if stale.name.rsplit("-", 1)[0] not in recipes:
+        if stale.name.rsplit("-", 1)[0] not in recipes and not stale.name.startswith("method-"):
             stale.unlink()
 
     entries = []
@@ -452,6 +523,21 @@ def generate(only: list[str] | None = None) -> list[str]:
         entries.append((recipe, thumb))
         print(f"{name:14} {time.perf_counter() - t0:5.1f}s  {page.relative_to(ROOT)}")
     (GALLERY / "index.md").write_text(render_index(entries))
+    METHODS_DIR.mkdir(exist_ok=True)
+    methods = xai_recipes.methods_table()
+    for stale in METHODS_DIR.glob("*.md"):
+        if stale.name not in {method_page(m) for m in methods}:
+            stale.unlink()
+    if not only or "methods" in only:
+        examples = {}
+        for name in METHOD_EXAMPLES:
+            try:
+                examples[name] = EXAMPLES[name]()
+            except Exception as exc:  # noqa: BLE001 - a page without a figure is still written
+                print(f"{name}: example model unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        for method in methods.values():
+            (METHODS_DIR / method_page(method.name)).write_text(render_method(method, recipes, examples))
+            print(f"method {method.name}")
     return names
 
 

@@ -29,7 +29,9 @@ def on_config(config):
     for i, entry in enumerate(nav):
         if isinstance(entry, dict) and "Gallery" in entry:
             pages = sorted(p.name for p in (docs / "gallery").glob("*.md") if p.name != "index.md")
-            nav[i] = {"Gallery": ["gallery/index.md", *(f"gallery/{name}" for name in pages)]}
+            methods = sorted(p.name for p in (docs / "gallery" / "methods").glob("*.md"))
+            nav[i] = {"Gallery": ["gallery/index.md", *(f"gallery/{name}" for name in pages),
+                                  *([{"Methods": [f"gallery/methods/{name}" for name in methods]}] if methods else [])]}
     listed = any(isinstance(e, dict) and "coverage.md" in e.values() for e in nav)
     if (docs / "coverage.md").is_file() and not listed:
         nav.append({"Coverage": "coverage.md"})

@@ -39,6 +39,7 @@ RECIPE = Recipe(
         score=lambda m: lambda z: m.classifier(m.layernorm(z[:, :1]).mean(1)),
         spans_model=False,  # last stage only, reduced keys: attention and legrad, no rollout
     ),
+    default_method="gradcam++",  # the best measured on the trained test model (0.42; GradCAM 0.35, attention 0.17)
     description="CvT: last layer's layernorm_before, CLS dropped, grid from the conv embeddings; head = layernorm + classifier.",
 )
 

@@ -37,6 +37,7 @@ RECIPE = Recipe(
         "attention": "SegFormer has no readout token: every token's attention is local evidence mixing, not what the "
                      "mean-pooled head reads; use legrad (class-specific, built for mean-pooled models) or gradcam",
     },
+    default_method="legrad",  # trained test model: 0.33 of peaks on the object (GradCAM 0.10)
     description="SegFormer: last stage's layer_norm tokens → grid from the overlapping patch embeddings.",
 )
 

@@ -33,6 +33,7 @@ RECIPE = Recipe(
         blocks=lambda m: list(m.vit.layers),
         score=lambda m: lambda z: m.classifier(m.vit.layernorm(z)[:, 0]),
     ),
+    default_method="gradient-rollout",  # localisation on the trained test model: 0.70 (GradCAM 0.50), see tests
     description="ViT: last block's layernorm_before, CLS token dropped, grid = input // patch_size.",
 )
 

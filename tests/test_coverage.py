@@ -37,6 +37,7 @@ def test_every_architecture_with_a_spatial_layer_works(generated):
     for r in rows:
         if r["status"] in ("explicit", "derived"):
             assert r["gradcam"] and set(r["gradcam"].values()) == {"ok"}, r
+            assert set(r["default"].values()) == {"ok"}, r  # the default method works wherever GradCAM does
             if r["model_type"] in NO_DFF_HEAD:
                 assert r["note"].startswith("DFF: neither a linear head nor the model's own tail"), r
             else:
@@ -44,3 +45,5 @@ def test_every_architecture_with_a_spatial_layer_works(generated):
         else:
             assert r["note"], f"{r['model_type']}: {r['status']} without a reason"
     assert sum(r["status"] in ("explicit", "derived") for r in rows) >= 39
+    attention = {r["model_type"] for r in rows if "gradient-rollout" in r["attention_methods"]}
+    assert {"vit", "deit", "beit", "data2vec-vision", "dinov2", "dinov2_with_registers"} <= attention, attention

@@ -95,7 +95,7 @@ def test_no_hook_survives_100_calls_including_failures(models):
     for i in range(100):
         if i % 3 == 0:
             with pytest.raises(RecipeError):
-                explain(model, IMAGE, processor=PROCESSOR, recipe=bad)
+                explain(model, IMAGE, processor=PROCESSOR, recipe=bad, method="gradcam")
             failures += 1
         elif i % 3 == 1:
             with pytest.raises(xai_recipes.UnknownLabelError):
@@ -177,7 +177,7 @@ def test_end_to_end_maps_equal_gradcam_when_the_processor_keeps_the_size(models)
     are grad-cam's maps on the model input (nothing lost in the warp back)."""
     model = models["vit"]
     image = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    exp = explain(model, image, processor=PROCESSOR, target=[1, 2])
+    exp = explain(model, image, processor=PROCESSOR, target=[1, 2], method="gradcam")
     assert exp.geometry.scale == (1.0, 1.0) and exp.geometry.offset == (0.0, 0.0)
     recipe = xai_recipes.find_recipe(model)
     x = PROCESSOR(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]

@@ -16,7 +16,7 @@ from synthetic import SHAPES
 
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
-DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet", "hgnet_v2", "pp_lcnet")
+DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet", "hgnet_v2", "pp_lcnet", "deit")
 TIMM = ("timm_vit_reg",)
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
@@ -34,6 +34,10 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         return T.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, **_LABELS)
     if family == "vit":
         return T.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, **_LABELS)
+    if family == "deit":  # the ViT's size; CLS + distillation token (2 prefix tokens), classifier on CLS.
+        # `architectures` names the class: DeiT maps to two, and transformers 5.24's from_config fails on None
+        return T.DeiTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                            intermediate_size=128, architectures=["DeiTForImageClassification"], **_LABELS)
     if family == "cvt":
         n = 2  # CvT's config wants every per-stage list spelled out
         return T.CvtConfig(
@@ -101,6 +105,8 @@ def tiny_processor(family: str):
         return T.ConvNextImageProcessor(**_CROP)
     if family in ("swin", "vit"):
         return T.ViTImageProcessor(size={"height": 64, "width": 64})
+    if family == "deit":  # facebook/deit-*-style: resize to a square, centre crop
+        return T.DeiTImageProcessor(size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64})
     if family == "segformer":
         return T.SegformerImageProcessor(size={"height": 64, "width": 64})
     if family == "mobilevit":  # resize short side, centre-crop, RGB→BGR like apple/mobilevit-small

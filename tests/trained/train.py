@@ -24,7 +24,7 @@ from tiny import DERIVED, FAMILIES, TIMM, tiny_config, tiny_processor, tiny_timm
 from xai_recipes.derive import find_logits  # noqa: E402 - PP-LCNet's logits are in last_hidden_state
 
 TRAIN_SIZES = [(64, 64), (72, 72), (80, 80), (64, 80), (80, 64), (72, 96), (96, 72), (88, 88)]
-LR = {"vit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3, "pvt_v2": 2e-3, "timm_vit_reg": 1e-3}
+LR = {"vit": 1e-3, "deit": 1e-3, "swin": 1e-3, "cvt": 2e-3, "segformer": 2e-3, "mobilevit": 2e-3, "pvt_v2": 2e-3, "timm_vit_reg": 1e-3}
 BATCH = {"mobilevit": 32}  # HF MobileViT is slow on CPU (unfold/fold per block)
 #: MobileViT with its paper's label smoothing (0.1) and no weight decay: GradCAM peaks on the object in
 #: 0.88 / 0.75 / 0.72 of held-out images over seeds 0 / 1 / 2, against 0.67 / 0.67 / 0.68 with the

@@ -51,6 +51,8 @@ def capture_attention(batch: Batch, with_grad: bool, blocks: bool = False):
         if threading.get_ident() != caller:  # another thread's call on the same model
             return
         found = output if spec.item is None else (output[spec.item] if isinstance(output, (tuple, list)) else None)
+        if isinstance(found, torch.Tensor) and found.dim() == 3:  # torch's MultiheadAttention: heads averaged
+            found = found[:, None]
         if not isinstance(found, torch.Tensor) or found.dim() != 4:
             raise RecipeError(
                 f"attention module {type(module).__name__} of recipe {recipe.name!r} gave no B×heads×N×N attention "

@@ -65,8 +65,9 @@ def run(batch: Batch) -> Result:
 def _check(model: nn.Module, recipe: Recipe) -> str | None:
     head = recipe.head(model)
     if not isinstance(head, nn.Linear) or recipe.pooling == "cls":
-        return (f"patch contributions need one linear head on mean- or sum-pooled patch features; this model's head "
-                f"is {type(head).__name__} on {recipe.pooling} pooling (use a CAM or attention method instead)")
+        return (f"patch contributions need a single linear head on mean- or sum-pooled patch features (a GAM, or a CNN "
+                f"with average pooling + fc); this model's head is {type(head).__name__} on {recipe.pooling} pooling. "
+                "Use a CAM or attention method instead")
     return None
 
 

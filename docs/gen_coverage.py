@@ -76,6 +76,8 @@ def rows() -> list[dict]:
                                             if xai_recipes.get_method(m).why_not(model, recipe) is None]
                 if derived and recipe.head is None:
                     row["note"] = "DFF: neither a linear head nor the model's own tail reproduces the logits from the pooled features"
+                elif "dff" in recipe.unsupported:
+                    row["note"] = f"DFF: {recipe.unsupported['dff']}"
                 for h, w in A.SIZES[model_type]:
                     processor = ViTImageProcessor(size={"height": h, "width": w})
                     row["gradcam"][f"{h}x{w}"] = _check(model, processor, "gradcam")

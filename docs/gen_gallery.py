@@ -409,6 +409,14 @@ def method_page(name: str) -> str:
 METHOD_EXAMPLES = ("vit", "timm_vit_gap", "segformer", "resnet", "dino_gam")
 
 
+def _recipe_check(method, recipe) -> str:
+    """The method's own check where it can be made from the recipe alone (no model)."""
+    try:
+        return (method.check(None, recipe) if method.check else None) or "yes"
+    except Exception:  # noqa: BLE001 - a check that needs the model: decided per model
+        return "yes (checked on each model)"
+
+
 def render_method(method, recipes: dict, examples: dict) -> str:
     """A method's page: what it computes, what it needs, which recipes it applies to, a figure."""
     import xai_recipes
@@ -424,7 +432,7 @@ def render_method(method, recipes: dict, examples: dict) -> str:
            "checks the model itself):", "", "| recipe | applies |", "|---|---|"]
     for name, recipe in sorted(recipes.items()):
         missing = [n for n in method.needs if getattr(recipe, n, None) is None]
-        why = recipe.unsupported.get(method.name) or (f"no {', '.join(missing)}" if missing else "yes")
+        why = recipe.unsupported.get(method.name) or (f"no {', '.join(missing)}" if missing else _recipe_check(method, recipe))
         out.append(f"| [{name}](../{name}.md) | {_cell(why)} |")
     out += ["", "## On an example model", ""]
     for name in METHOD_EXAMPLES:

@@ -269,6 +269,18 @@ def test_methods_that_cannot_apply_say_why_and_what_instead():
     described = xai_recipes.describe(swin)
     assert described.methods["gradcam"] == "ok" and "windows" in described.methods["attention"]
     assert xai_recipes.describe(cvt).methods["legrad"] == "ok"
+    vit = xai_recipes.describe(tiny_model("vit"))
+    assert vit.default_method == "gradient-rollout" and vit.attention == [f"vit.layers.{i}.attention" for i in range(3)]
+    assert any(line.split() == ["default_method", "gradient-rollout"] for line in str(vit).splitlines())
+
+
+def test_explain_without_a_method_uses_the_recipes_default_and_gradcam_stays_one_keyword_away():
+    vit = tiny_model("vit")
+    processor = T.ViTImageProcessor(size={"height": 64, "width": 64})
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert explain(vit, img, processor=processor).method == "gradient-rollout"
+    assert explain(vit, img, processor=processor, method="gradcam").method == "gradcam"
+    assert explain(tiny_model("resnet"), img, processor=processor).method == "gradcam"
 
 
 def test_cvt_attention_is_read_from_its_hooked_dropout_over_reduced_keys():

@@ -326,18 +326,17 @@ def _attention(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int], fe
     readout = tuple(rows) if rows and max(rows) < prefix else None
     module_names = [names[id(m)] for m, _, _ in attn]
     block_names = [names[id(b)] for b in blocks] if all(b is not None for b in blocks) else None
-    score = None
+    score: Callable | None = None
     if head is not None and block_names and isinstance(feature.module, _NORMS) and feature.layout == "tokens":
-        norm_name = feature.name
 
-        def score(m: nn.Module, norm_name: str = norm_name, pooling: str = pooling, prefix: int = prefix) -> Callable:
+        def per_block(m: nn.Module, norm_name: str = feature.name, pooling: str = pooling, prefix: int = prefix) -> Callable:
             norm, h = m.get_submodule(norm_name), head(m)
             return lambda z: h(norm(z)[:, 0] if pooling == "cls" else norm(z)[:, prefix:].mean(1))
 
         last = first_tensor_of(model, block_names[-1], {**kwargs, **extra}, x.detach())
         with torch.no_grad():
-            if not torch.allclose(score(model)(last), logits.detach(), atol=1e-4, rtol=1e-3):
-                score = None
+            if torch.allclose(per_block(model)(last), logits.detach(), atol=1e-4, rtol=1e-3):
+                score = per_block
     spec = Attention(
         modules=lambda m, ns=tuple(module_names): [m.get_submodule(n) for n in ns],
         item=items.pop(),

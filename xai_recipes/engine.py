@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from . import gam, timm_models
+from . import gam, registry, timm_models
 from .errors import ModelLoadError, NotAnImageClassifierError
 from .lru import LRU
 
@@ -49,6 +49,18 @@ def check_classifier(model: Any) -> None:
         )
 
 
+def _auto_classifier(config: Any) -> bool:
+    """Whether ``AutoModelForImageClassification`` knows ``config``'s type: transformers' own image
+    classifiers, and those a plugin registered (``AutoModelForImageClassification.register``)."""
+    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return True
+    try:
+        AutoModelForImageClassification._model_mapping[type(config)]
+    except Exception:  # noqa: BLE001 - KeyError, or a lazy import that fails: not a known classifier
+        return False
+    return True
+
+
 def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     if ref.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(ref)):
         raise ModelLoadError(f"model folder {ref!r} does not exist; pass a local folder or a hub id like 'microsoft/resnet-50'")
@@ -68,7 +80,7 @@ def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
             "classification head, so a heatmap would explain a random head. Use a *ForImageClassification "
             "checkpoint (or fine-tune a head first)"
         )
-    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not trust_remote_code:
+    if not _auto_classifier(config) and not trust_remote_code:
         raise NotAnImageClassifierError(
             f"{ref!r} has model_type {config.model_type!r}, which has no image-classification model in "
             "transformers; pass an image-classification checkpoint"
@@ -109,6 +121,7 @@ def load(
     """
     if isinstance(model, (str, os.PathLike)):
         ref = os.fspath(model)
+        registry.plugins()  # plugins first: one may register the folder's model type with transformers
 
         def make() -> tuple[nn.Module, Any]:
             loaded, loaded_processor = _load(ref, trust_remote_code)

@@ -48,6 +48,11 @@ EXAMPLE_SEED, EXAMPLE_SIZE, EXAMPLE_LABEL = 1, (176, 224), "triangle"  # make_sa
 SECOND_TARGET = "square"  # a class that is not in the picture: where would the model see one?
 TRAINED_FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 THUMB = "gradcam"  # the figure shown on the index page
+#: The quality table's data and candidates: held-out synthetic images (tests/synthetic.py) with boxes.
+QUALITY_SEED, QUALITY_N, QUALITY_SIZES = 2024, 24, [(72, 96), (96, 72), (80, 80), (76, 92)]
+QUALITY_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "attention", "rollout", "gradient-rollout", "legrad")
+QUALITY: dict[str, dict] = {}  # recipe → its default's evaluation summary, for the index (docs/gallery/quality.json)
+QUALITY_JSON = DOCS / "gallery" / "quality.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,6 +349,8 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
         except Exception as exc:
             out += [f"The default method failed on this model: `{type(exc).__name__}: {exc}`", ""]
 
+    out += quality_section(name, example)
+
     out += ["### Deep Feature Factorization", ""]
     try:
         exp = xai_recipes.explain(example.model, example.image, method="dff", n_components=example.n_components,
@@ -356,6 +363,35 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
     except Exception as exc:
         out += [f"DFF is not available for this recipe on this model: `{type(exc).__name__}: {exc}`", ""]
     return out, thumb
+
+
+def quality_section(name: str, example: Example) -> list[str]:
+    """Methods × metrics of ``xai_recipes.evaluate`` on held-out annotated images, for trained models."""
+    import xai_recipes
+
+    if not (isinstance(example.model, (str, os.PathLike)) and Path(example.model).parent == TRAINED):
+        return []
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import make_set
+
+    from xai_recipes.loading import load
+
+    model = load(example.model)[0]
+    recipe = xai_recipes.get_recipe(name)
+    methods = [m for m in QUALITY_METHODS if xai_recipes.get_method(m).why_not(model, recipe) is None]
+    data = [(s.image, s.label, s.box) for s in make_set(QUALITY_SEED, QUALITY_N, QUALITY_SIZES)]
+    result = xai_recipes.evaluate(example.model, data, methods=methods, recipe=name)
+    QUALITY[name] = {"default": recipe.default_method, **result.summary[recipe.default_method],
+                     "gradcam_pointing": result.summary["gradcam"]["pointing"]}
+    rows = [{"method": f"**{m}** (default)" if m == recipe.default_method else m,
+             **{k: round(v, 3) for k, v in result.summary[m].items()}} for m in methods]
+    rel = Path(example.model).relative_to(ROOT).as_posix()
+    return ["### Quality: methods × metrics", "",
+            f"`xai_recipes.evaluate(\"{rel}\", data, methods=[...])` on {QUALITY_N} held-out synthetic images "
+            f"(`tests/synthetic.make_set(seed={QUALITY_SEED}, n={QUALITY_N}, sizes={QUALITY_SIZES})`, box = the "
+            "object). Pointing game (15 px tolerance) and energy on the object: higher is better; deletion AUC: "
+            "lower; insertion AUC: higher (16 steps, blurred baseline). See `xai_recipes.evaluation`.", "",
+            markdown_table(rows), ""]
 
 
 def render_page(recipe, plugin, example: Example | None) -> tuple[str, str | None]:
@@ -474,6 +510,13 @@ def render_index(entries: list[tuple[Any, str | None]]) -> str:
                    f"{picture} | {_cell(recipe.description)} |")
     import xai_recipes
 
+    if QUALITY:
+        out += ["", "## Quality of the default methods", "",
+                "On each trained test model, the recipe's default method scored by `xai_recipes.evaluate` (24 "
+                "held-out images; details and all methods on each page):", "",
+                markdown_table([{"recipe": f"[{r}]({r}.md)", "default": q["default"],
+                                 **{k: round(v, 3) for k, v in q.items() if k not in ("default", "gradcam_pointing")},
+                                 "GradCAM pointing": round(q["gradcam_pointing"], 3)} for r, q in sorted(QUALITY.items())])]
     out += ["", "## Methods", "", "One page per registered method: what it computes, what it needs from a recipe, "
             "which recipes it applies to.", "", "| Method | Plugin | Description |", "|---|---|---|"]
     for method in xai_recipes.methods_table().values():
@@ -500,6 +543,8 @@ def generate(only: list[str] | None = None) -> list[str]:
 
     recipes = xai_recipes.recipes()
     plugins = {p.name: p for p in xai_recipes.plugins()}
+    if QUALITY_JSON.is_file():  # pages not regenerated keep their numbers
+        QUALITY.update({k: v for k, v in json.loads(QUALITY_JSON.read_text()).items() if k in recipes})
     names = sorted(recipes)
     for stale in GALLERY.glob("*.md"):  # pages of recipes that are gone
         if stale.name != "index.md" and stale.stem not in recipes:
@@ -530,6 +575,7 @@ def generate(only: list[str] | None = None) -> list[str]:
         page.write_text(text)
         entries.append((recipe, thumb))
         print(f"{name:14} {time.perf_counter() - t0:5.1f}s  {page.relative_to(ROOT)}")
+    QUALITY_JSON.write_text(json.dumps(dict(sorted(QUALITY.items())), indent=1) + "\n")
     (GALLERY / "index.md").write_text(render_index(entries))
     METHODS_DIR.mkdir(exist_ok=True)
     methods = xai_recipes.methods_table()

@@ -43,16 +43,18 @@ from .registry import (
 #: Imported on first use: grad-cam (and through it torchvision, scikit-learn) and transformers'
 #: model classes take seconds to import, which plugins, ``xai-recipes list`` and ``plugins`` never need.
 _LAZY = {
-    "Description": "describe", "describe": "describe", "explain": "engine",
+    "Description": "description", "describe": "description", "explain": "engine",
     "Explanation": "explanation", "load": "explanation", "DinoGAMConfig": "gam", "DinoGAMForImageClassification": "gam",
     "gam_from_head": "gam", "FitReport": "gam_fit", "fit_gam": "gam_fit", "gam_from_sklearn": "gam_fit",
     "wrap_timm_model": "timm_models", "LogitsModel": "capture", "forward_with_capture": "capture",
-    "target_grads": "capture",
+    "target_grads": "capture", "evaluate": "evaluation", "Annotated": "evaluation", "Evaluation": "evaluation",
+    "load_annotations": "evaluation",
 }
 
 if TYPE_CHECKING:
     from .capture import LogitsModel, forward_with_capture, target_grads
-    from .describe import Description, describe
+    from .evaluation import Annotated, Evaluation, evaluate, load_annotations
+    from .description import Description, describe
     from .engine import explain
     from .explanation import Explanation, load
     from .gam import DinoGAMConfig, DinoGAMForImageClassification, gam_from_head
@@ -74,7 +76,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Method", "Batch", "Result", "Attention", "get_method", "list_methods", "methods_table", "LogitsModel",
-    "forward_with_capture", "target_grads", "MethodNotApplicableError", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
+    "forward_with_capture", "target_grads", "MethodNotApplicableError", "evaluate", "Annotated", "Evaluation",
+    "load_annotations", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",

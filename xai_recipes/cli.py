@@ -1,4 +1,4 @@
-"""``xai-recipes`` command line: demo, explain, fit-gam, list, methods, describe, plugins.
+"""``xai-recipes`` command line: demo, explain, evaluate, fit-gam, list, methods, describe, plugins.
 
 Exit codes: 0 success; 1 some images were skipped (each reported, the rest written);
 2 a bad model, label, method or option stopped the run (one line, ``--debug`` for the traceback).
@@ -112,6 +112,30 @@ def _fit_gam(args: argparse.Namespace) -> int:
     return 1 if model.fit_report.skipped else 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import METRICS, evaluate
+
+    out = Path(args.out) if args.out else None
+    taken: set[str] = set()
+
+    def save(sample, exp) -> None:
+        exp.save(out / f"{_stem(sample.source or 'image', taken)}-{exp.method}.png")
+
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = (lambda items: tqdm(items, unit="image", file=sys.stderr, disable=args.quiet or None))
+    result = evaluate(args.model, args.data, methods=args.method, metrics=args.metric or METRICS,
+                      recipe=args.recipe, tolerance=args.tolerance,
+                      steps=args.steps, trust_remote_code=args.trust_remote_code, progress=bar,
+                      on_explanation=save if out else None)
+    if out:
+        (out / "rows.csv").write_text(result.csv())
+        (out / "evaluation.json").write_text(json.dumps(result.as_dict(), indent=1))
+    print({"table": result.table, "csv": result.csv,
+           "json": lambda: json.dumps(result.as_dict(), indent=1)}[args.format]())
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     table = recipes()
     for name in list_recipes(args.pattern):
@@ -124,7 +148,7 @@ def _methods(args: argparse.Namespace) -> int:
     from . import methods_table
 
     if args.model:
-        from .describe import describe
+        from .description import describe
 
         found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
         if args.format == "json":
@@ -147,7 +171,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from . import describe
+    from .description import describe
 
     found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
     print(json.dumps(found.as_dict(), indent=1) if args.format == "json" else found)
@@ -208,6 +232,25 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--trust-remote-code", action="store_true")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit_gam)
+
+    ev = sub.add_parser("evaluate", help="score explanations against annotated objects (pointing game, deletion, ...)",
+                        description="Explain every image of DATA (a folder with a COCO-style annotations.json: boxes "
+                                    "and/or mask PNGs, one class per image) for its class with each method, and "
+                                    "print the metrics' means per method; --out writes rows.csv, evaluation.json "
+                                    "and the overlays.")
+    ev.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    ev.add_argument("data", metavar="DATA", help="folder with annotations.json")
+    ev.add_argument("--method", nargs="+", help="methods (default: the recipe's default and gradcam)")
+    ev.add_argument("--metric", nargs="+", choices=["pointing", "energy", "deletion", "insertion"],
+                    help="metrics (default: all)")
+    ev.add_argument("--tolerance", type=int, default=15, help="pointing game tolerance in pixels (default 15)")
+    ev.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    ev.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    ev.add_argument("--out", help="folder for rows.csv, evaluation.json and overlays")
+    ev.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
+    ev.add_argument("--trust-remote-code", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(run=_evaluate)
 
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")

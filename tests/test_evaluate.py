@@ -19,7 +19,9 @@ from xai_recipes.evaluation import (
     perturbation_curves,
     pointing,
     probabilities,
+    road,
     score_map,
+    to_input,
 )
 
 SAMPLES = make_set(seed=31, n=8, sizes=[(72, 96), (80, 80)])
@@ -61,6 +63,23 @@ def test_localisation_metrics_rank_perfect_random_inverted():
     assert pointing(beside, box_mask(s), tolerance=15) == 1 and pointing(beside, box_mask(s), tolerance=5) == 0
 
 
+def test_maps_resampled_onto_the_model_input_come_back_through_the_geometry(trained_dir):
+    """to_input inverts Geometry.to_image where the model saw the image (ConvNeXt-style crop): a
+    linear ramp (which bilinear resampling keeps exactly) comes back unchanged inside the crop."""
+    s = SAMPLES[0]
+    geometry = xai_recipes.explain(str(trained_dir / "resnet"), s.image, method="gradcam").geometry
+    h, w = s.image.shape[:2]
+    ramp = (np.arange(w)[None, :] + 2 * np.arange(h)[:, None]).astype(np.float32) / (w + 2 * h)
+    on_input = to_input(ramp, geometry)
+    assert on_input.shape == geometry.input_size
+    back, coverage = geometry.to_image(on_input[None])
+    import cv2
+
+    inner = cv2.erode(coverage.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # not the blended border
+    assert inner.sum() > 0.5 * coverage.sum()
+    np.testing.assert_allclose(back[0][inner], ramp[inner], atol=2e-3)
+
+
 def test_perturbation_sequences_and_auc():
     s = SAMPLES[0]
     perfect, _, _ = maps(s, np.random.default_rng(0))
@@ -90,11 +109,16 @@ def test_deletion_and_insertion_rank_perfect_random_inverted(resnet):
     results = {"perfect": [], "random": [], "inverted": []}
     for s in SAMPLES:
         scorer = lambda images, s=s: probabilities(model, processor, recipe, images, s.label)  # noqa: E731
+        geometry = xai_recipes.explain(model, s.image, processor=processor, method="gradcam").geometry
         for name, heatmap in zip(results, maps(s, rng)):
-            results[name].append(score_map(heatmap, s.image, box_mask(s), scorer, steps=8))
+            row = score_map(heatmap, s.image, box_mask(s), scorer, steps=8)
+            row["road"] = road(model, recipe, processor, Image.fromarray(s.image), to_input(heatmap, geometry), s.label,
+                               percentiles=(20, 50, 80))
+            results[name].append(row)
     mean = {m: {k: np.mean([r[k] for r in rows]) for k in rows[0]} for m, rows in results.items()}
     assert mean["perfect"]["deletion"] < mean["random"]["deletion"] < mean["inverted"]["deletion"], mean
     assert mean["perfect"]["insertion"] > mean["random"]["insertion"] > mean["inverted"]["insertion"], mean
+    assert mean["perfect"]["road"] > mean["random"]["road"] > mean["inverted"]["road"], mean
     assert mean["perfect"]["pointing"] == 1 and mean["inverted"]["pointing"] < 0.5
 
 

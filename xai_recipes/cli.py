@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("model", metavar="MODEL", help="hub id or local folder")
     ev.add_argument("data", metavar="DATA", help="folder with annotations.json")
     ev.add_argument("--method", nargs="+", help="methods (default: the recipe's default and gradcam)")
-    ev.add_argument("--metric", nargs="+", choices=["pointing", "energy", "deletion", "insertion"],
+    ev.add_argument("--metric", nargs="+", choices=["pointing", "energy", "deletion", "insertion", "road"],
                     help="metrics (default: all)")
     ev.add_argument("--tolerance", type=int, default=15, help="pointing game tolerance in pixels (default 15)")
     ev.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")

@@ -16,6 +16,10 @@ metric            definition                                                    
                   target's probability curve
 ``insertion``     insertion AUC: from the blurred image, the most relevant pixels first put    higher
                   back; the area under the target's probability curve
+``road``          ROAD (Rong et al. 2022), grad-cam's ``ROADCombined``: the target logit's     higher
+                  change when the least relevant pixels are imputed (noisy linear
+                  imputation) minus its change when the most relevant are, halved, averaged
+                  over removing 10 … 90 % — on the model input, the map resampled there
 ================  ==========================================================================  =========
 
 The object is the union of the annotations of the labelled class (box, mask, or the mask where
@@ -45,7 +49,7 @@ from .modelstate import borrowed
 from .targets import resolve_targets
 
 #: Metric name → which direction is better.
-DIRECTION = {"pointing": "higher", "energy": "higher", "deletion": "lower", "insertion": "higher"}
+DIRECTION = {"pointing": "higher", "energy": "higher", "deletion": "lower", "insertion": "higher", "road": "higher"}
 METRICS = tuple(DIRECTION)
 
 
@@ -250,6 +254,8 @@ def evaluate(
                                    "predicted": exp.predictions[0][1], "probability": round(exp.scores[0], 6)}
             scorer = lambda images: probabilities(model, processor, chosen, images, label)  # noqa: E731
             row.update(score_map(exp.heatmaps[0], pixels, region, scorer, metrics, tolerance, steps))
+            if "road" in metrics:
+                row["road"] = road(model, chosen, processor, image, to_input(exp.heatmaps[0], exp.geometry), label)
             rows.append(row)
     summary = {n: {m: float(np.mean([r[m] for r in rows if r["method"] == n])) for m in metrics} for n in names}
     return Evaluation(rows, names, list(metrics), summary)
@@ -275,6 +281,33 @@ def score_map(heatmap: np.ndarray, image: np.ndarray, region: np.ndarray,
     return row
 
 
+def to_input(heatmap: np.ndarray, geometry: Any) -> np.ndarray:
+    """An image-sized heatmap resampled onto the model input, through the processor's measured
+    geometry (``image coordinate = scale · input coordinate + offset``)."""
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    h, w = geometry.input_size
+    ys = (sy * np.arange(h) + oy).astype(np.float32)
+    xs = (sx * np.arange(w) + ox).astype(np.float32)
+    map_x, map_y = np.meshgrid(xs, ys)
+    return cv2.remap(heatmap.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def road(model: torch.nn.Module, recipe: Any, processor: Any, image: Image.Image, input_map: np.ndarray, label: int,
+         percentiles: Sequence[int] = (10, 20, 30, 40, 50, 60, 70, 80, 90)) -> float:
+    """grad-cam's ROAD score (``ROADCombined``) of ``input_map`` (on the model input) for ``label``."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from .capture import LogitsModel
+
+    param = next(model.parameters())
+    pixel_values = recipe.image_tensor(processor(images=image, return_tensors="pt")).to(param.device, param.dtype)
+    with borrowed(model):
+        score = ROADCombined(percentiles=list(percentiles))(pixel_values, input_map[None], [ClassifierOutputTarget(label)],
+                                                           LogitsModel(model, recipe))
+    return float(np.asarray(score).ravel()[0])
+
+
 def probabilities(model: torch.nn.Module, processor: Any, recipe: Any, images: list[np.ndarray], label: int) -> list[float]:
     """The target's softmax probability on each image, in one batched forward pass."""
     pixel_values = torch.cat([recipe.image_tensor(processor(images=Image.fromarray(im), return_tensors="pt"))
@@ -286,5 +319,5 @@ def probabilities(model: torch.nn.Module, processor: Any, recipe: Any, images: l
 
 
 __all__ = ["Annotated", "Evaluation", "evaluate", "load_annotations", "pointing", "energy", "perturbation_curves", "auc",
-           "score_map", "probabilities", "METRICS", "DIRECTION"]
+           "score_map", "probabilities", "road", "to_input", "METRICS", "DIRECTION"]
 

@@ -159,8 +159,10 @@ def test_evaluate_a_folder_from_python_and_the_cli(resnet, tmp_path, capsys, mas
     assert printed["direction"]["deletion"] == "lower" and len(printed["rows"]) == 4
     assert printed["summary"]["gradcam"]["pointing"] == pytest.approx(result.summary["gradcam"]["pointing"])
     assert (out / "rows.csv").read_text().count("\n") == 5 and len(list(out.glob("*-gradcam.png"))) == 4
-    assert cli.main(["evaluate", resnet, str(folder), "--method", "gradcam", "--steps", "4", "--quiet"]) == 0
-    assert "pointing ↑" in capsys.readouterr().out
+    assert cli.main(["evaluate", resnet, str(folder), "--method", "gradcam", "--steps", "4", "--quiet", "--sanity",
+                     "--metric", "pointing"]) == 0
+    printed = capsys.readouterr().out
+    assert "pointing ↑" in printed and "sanity gradcam: rank correlation after randomisation" in printed
 
 
 def test_bad_data_gets_typed_errors(resnet, tmp_path):

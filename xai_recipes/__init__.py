@@ -48,12 +48,13 @@ _LAZY = {
     "gam_from_head": "gam", "FitReport": "gam_fit", "fit_gam": "gam_fit", "gam_from_sklearn": "gam_fit",
     "wrap_timm_model": "timm_models", "LogitsModel": "capture", "forward_with_capture": "capture",
     "target_grads": "capture", "evaluate": "evaluation", "Annotated": "evaluation", "Evaluation": "evaluation",
-    "load_annotations": "evaluation",
+    "load_annotations": "evaluation", "parameter_randomisation": "sanity", "SanityReport": "sanity",
 }
 
 if TYPE_CHECKING:
     from .capture import LogitsModel, forward_with_capture, target_grads
     from .evaluation import Annotated, Evaluation, evaluate, load_annotations
+    from .sanity import SanityReport, parameter_randomisation
     from .description import Description, describe
     from .engine import explain
     from .explanation import Explanation, load
@@ -77,7 +78,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Method", "Batch", "Result", "Attention", "get_method", "list_methods", "methods_table", "LogitsModel",
     "forward_with_capture", "target_grads", "MethodNotApplicableError", "evaluate", "Annotated", "Evaluation",
-    "load_annotations", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
+    "load_annotations", "parameter_randomisation", "SanityReport", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",

@@ -126,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     bar = (lambda items: tqdm(items, unit="image", file=sys.stderr, disable=args.quiet or None))
     result = evaluate(args.model, args.data, methods=args.method, metrics=args.metric or METRICS,
                       recipe=args.recipe, tolerance=args.tolerance,
-                      steps=args.steps, trust_remote_code=args.trust_remote_code, progress=bar,
+                      steps=args.steps, trust_remote_code=args.trust_remote_code, progress=bar, sanity=args.sanity,
                       on_explanation=save if out else None)
     if out:
         (out / "rows.csv").write_text(result.csv())
@@ -245,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
                     help="metrics (default: all)")
     ev.add_argument("--tolerance", type=int, default=15, help="pointing game tolerance in pixels (default 15)")
     ev.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    ev.add_argument("--sanity", action="store_true", help="also run the parameter-randomisation sanity check per method")
     ev.add_argument("--format", choices=["table", "json", "csv"], default="table")
     ev.add_argument("--out", help="folder for rows.csv, evaluation.json and overlays")
     ev.add_argument("--recipe", help="recipe name, overriding dispatch by model type")

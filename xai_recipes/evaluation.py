@@ -22,6 +22,11 @@ metric            definition                                                    
                   over removing 10 … 90 % — on the model input, the map resampled there
 ================  ==========================================================================  =========
 
+``sanity=True`` adds, per method, the model-parameter randomisation check (Adebayo et al. 2018,
+:func:`xai_recipes.sanity.parameter_randomisation`): the rank correlation of the maps with those of
+the model whose layers are re-initialised from the head down; a method whose maps barely change
+is flagged (``Evaluation.sanity``).
+
 The object is the union of the annotations of the labelled class (box, mask, or the mask where
 both are given). Deletion and insertion run all ``steps + 1`` perturbed images of an image through
 the model in one batched forward pass.
@@ -181,15 +186,20 @@ class Evaluation:
     methods: list[str]
     metrics: list[str]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # method → metric → mean
+    sanity: dict[str, Any] = field(default_factory=dict)  # method → SanityReport (sanity=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "direction": {m: DIRECTION[m] for m in self.metrics}, "rows": self.rows}
+        return {"summary": self.summary, "direction": {m: DIRECTION[m] for m in self.metrics}, "rows": self.rows,
+                "sanity": {m: r.as_dict() for m, r in self.sanity.items()}}
 
     def table(self) -> str:
         """The summary as a text table: methods × metrics (means), with each metric's direction."""
         head = f"{'method':20}" + "".join(f"{m + (' ↑' if DIRECTION[m] == 'higher' else ' ↓'):>12}" for m in self.metrics)
         lines = [head] + [f"{name:20}" + "".join(f"{self.summary[name][m]:12.3f}" for m in self.metrics)
                           for name in self.methods]
+        for name, report in self.sanity.items():
+            lines.append(f"sanity {name}: rank correlation after randomisation {report.correlation[-1]:.3f} — "
+                         + ("passed" if report.passed else f"FLAGGED: {report.reason}"))
         return "\n".join(lines)
 
     def csv(self) -> str:
@@ -214,6 +224,8 @@ def evaluate(
     trust_remote_code: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
     on_explanation: Callable[[Annotated, Any], None] | None = None,
+    sanity: bool = False,
+    sanity_images: int = 8,
 ) -> Evaluation:
     """Explain every annotated image with every method (for its labelled class) and score the maps.
 
@@ -227,6 +239,8 @@ def evaluate(
         steps: deletion/insertion steps (each image's ``steps + 1`` perturbations run as one batch).
         progress: wraps the iteration over images (e.g. ``tqdm``).
         on_explanation: called with each ``(sample, explanation)``, e.g. to save overlays.
+        sanity: also run the parameter-randomisation check per method on the first
+            ``sanity_images`` images (``Evaluation.sanity``).
     """
     from .engine import explain
 
@@ -258,7 +272,14 @@ def evaluate(
                 row["road"] = road(model, chosen, processor, image, to_input(exp.heatmaps[0], exp.geometry), label)
             rows.append(row)
     summary = {n: {m: float(np.mean([r[m] for r in rows if r["method"] == n])) for m in metrics} for n in names}
-    return Evaluation(rows, names, list(metrics), summary)
+    reports = {}
+    if sanity:
+        from .sanity import parameter_randomisation
+
+        images = [load_image(s.image) for s in samples[:sanity_images]]
+        for name in names:
+            reports[name] = parameter_randomisation(model, images, method=name, processor=processor, recipe=chosen)
+    return Evaluation(rows, names, list(metrics), summary, reports)
 
 
 def score_map(heatmap: np.ndarray, image: np.ndarray, region: np.ndarray,

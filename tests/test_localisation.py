@@ -134,8 +134,10 @@ CANDIDATES = ("gradcam", "hirescam", "gradcam++", "attention", "rollout", "gradi
 #: How far below the best candidate a default may be: the best *class-specific* method is preferred
 #: when within this margin of a class-agnostic one (attention and rollout ignore ``target``).
 MARGIN = 0.05
-#: Families whose default does not reach GradCAM + 0.15 on their trained model (measured share of peaks in the box).
+#: Families whose default is not within MARGIN of the best candidate or, for the attention families, does not
+#: reach GradCAM + 0.15 on their trained model (measured share of peaks in the box).
 DEFAULT_NOT_BETTER = {
+    "pp_lcnet": "default gradcam 0.80 (derived recipes of CNNs take GradCAM) vs gradcam++ 0.90",
     "pvt_v2": "default legrad 0.58 (GradCAM 0.07) is 0.13 below the class-agnostic attention (0.72): the mean "
               "attention each token receives in the last stage marks the object better than any class-specific map",
     "cvt": "default gradcam++ 0.42 vs GradCAM 0.35: CvT's last-stage CLS attention (keys reduced 2×, 4×4 here) peaks "
@@ -143,10 +145,20 @@ DEFAULT_NOT_BETTER = {
 }
 
 
-@pytest.mark.parametrize("family", params(["vit", "deit", "cvt", "timm_vit_reg", "segformer", "pvt_v2"], DEFAULT_NOT_BETTER))
+#: Families with attention: their default must also beat GradCAM by 0.15 (the attention issue's criterion).
+ATTENTION_FAMILIES = ("vit", "deit", "cvt", "timm_vit_reg", "segformer", "pvt_v2")
+
+
+DEFAULT_CHECKED = (*FAMILIES, "deit", "timm_vit_reg", "pvt_v2", "bit", "hgnet_v2", "pp_lcnet")
+
+
+@pytest.mark.parametrize("family", params(DEFAULT_CHECKED, DEFAULT_NOT_BETTER))
 def test_default_method_is_the_best_localising_and_beats_gradcam(family, trained_dir):
-    """The recipe's default method localises within MARGIN of the best applicable candidate and at
-    least 0.15 better than GradCAM. Measured (share of peaks on the object, 60 held-out images):
+    """The recipe's default method localises within MARGIN of the best applicable candidate, and for
+    the attention families at least 0.15 better than GradCAM. CNNs (gradcam, hirescam, gradcam++):
+    ResNet 0.97 / 0.97 / 1.00, RegNet 1.00 / 1.00 / 0.98, ConvNeXt 0.72 / 0.72 / 0.70, Swin 0.87 /
+    0.75 / 0.67, MobileViT 0.88 / 0.88 / 0.90, BiT 0.82 / 0.82 / 0.78, HGNet-v2 0.88 / 0.88 / 0.88,
+    PP-LCNet 0.80 / 0.80 / 0.90. Measured (share of peaks on the object, 60 held-out images):
     ViT gradcam 0.50, hirescam 0.55, attention 0.72, rollout 0.63, gradient-rollout 0.70 (default),
     legrad 0.63 — the model's own CLS attention reaches 0.72, so 0.8 is not within its reach at its
     8×8 grid; DeiT (derived recipe) gradcam 0.52, hirescam 0.70, attention 0.75, rollout 0.62,
@@ -165,4 +177,5 @@ def test_default_method_is_the_best_localising_and_beats_gradcam(family, trained
     default = scores[recipe.default_method]
     best = max(scores.values())
     assert default >= best - MARGIN, f"{family}: default {recipe.default_method} {default:.2f}, candidates {scores}"
-    assert default >= scores["gradcam"] + 0.15, f"{family}: default {recipe.default_method} {default:.2f}, candidates {scores}"
+    if family in ATTENTION_FAMILIES:
+        assert default >= scores["gradcam"] + 0.15, f"{family}: default {recipe.default_method} {default:.2f}, candidates {scores}"

@@ -10,19 +10,17 @@ plugin made on import taken back, so the rest of the suite sees the environment 
 
 import importlib
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_example_plugin import pip, reload_registry  # the same offline install as the DeiT example
+from test_example_plugin import installed_example  # the same offline install as the DeiT example
 from test_localisation import HELD_OUT, peak_in_box
 from transformers import ViTImageProcessor
 
 import xai_recipes
-from xai_recipes import Batch, MethodNotApplicableError, cli, explain, loading, registry
+from xai_recipes import Batch, MethodNotApplicableError, cli, explain, loading
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "xai-recipes-intr"
 DIST = "xai-recipes-intr"
@@ -41,22 +39,13 @@ def forget_intr_in_transformers():
 @pytest.fixture(scope="module")
 def intr(tmp_path_factory):
     """The installed plugin module (``xai_recipes_intr`` from site-packages)."""
-    source = tmp_path_factory.mktemp("example") / EXAMPLE.name
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    saved = registry._registry
-    try:
-        pip("install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(source))
-        reload_registry()
-        xai_recipes.plugins()  # loads the entry points, which imports the plugin (and registers INTR in transformers)
-        yield importlib.import_module("xai_recipes_intr")
-    finally:
-        pip("uninstall", "-y", "-q", DIST)
-        for name in [m for m in sys.modules if m == "xai_recipes_intr" or m.startswith("xai_recipes_intr.")]:
-            del sys.modules[name]
+    def undo():
         forget_intr_in_transformers()
         loading.clear_cache()  # the trained model loaded by folder
-        importlib.invalidate_caches()
-        registry._registry = saved  # the registry as it was before (or None: rescan, now without INTR)
+
+    with installed_example(tmp_path_factory, EXAMPLE, DIST, "xai_recipes_intr", undo):
+        xai_recipes.plugins()  # loads the entry points, which imports the plugin (and registers INTR in transformers)
+        yield importlib.import_module("xai_recipes_intr")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ tree gets no ``build/``), reloads the registry, and uninstalls it again at teard
 the suite sees the environment it found.
 """
 
+import contextlib
 import importlib
 import json
 import shutil
@@ -39,21 +40,30 @@ def reload_registry():
     registry._registry = None
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    source = tmp_path_factory.mktemp("example") / EXAMPLE.name
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+@contextlib.contextmanager
+def installed_example(tmp_path_factory, example: Path, dist: str, package: str, undo=lambda: None):
+    """``example`` pip-installed offline from a copy for the block, then uninstalled, its modules
+    forgotten, ``undo()`` called and the registry put back as it was (or None: rescan without it)."""
+    source = tmp_path_factory.mktemp("example") / example.name
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     saved = registry._registry
     try:
         pip("install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(source))
         reload_registry()
         yield
     finally:
-        pip("uninstall", "-y", "-q", DIST)
-        for name in [m for m in sys.modules if m == "xai_recipes_deit" or m.startswith("xai_recipes_deit.")]:
+        pip("uninstall", "-y", "-q", dist)
+        for name in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
             del sys.modules[name]
+        undo()
         importlib.invalidate_caches()
-        registry._registry = saved  # the registry as it was before (or None: rescan, now without DeiT)
+        registry._registry = saved
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    with installed_example(tmp_path_factory, EXAMPLE, DIST, "xai_recipes_deit"):
+        yield
 
 
 def tiny_deit(cls):

@@ -174,3 +174,17 @@ def test_bad_data_gets_typed_errors(resnet, tmp_path):
         evaluate(resnet, [(SAMPLES[0].image, 0, SAMPLES[0].box)], metrics=["accuracy"])
     with pytest.raises(xai_recipes.UnknownLabelError):
         evaluate(resnet, [(SAMPLES[0].image, "giraffe", SAMPLES[0].box)])
+
+
+def test_one_curve_asked_for_sends_only_its_images():
+    s = SAMPLES[1]
+    perfect, _, _ = maps(s, np.random.default_rng(0))
+    sent = []
+
+    def fake(images):  # a "probability" that is the mean brightness: same curve whichever batch it is in
+        sent.append(len(images))
+        return [float(im.mean()) / 255 for im in images]
+
+    both = score_map(perfect, s.image, box_mask(s), fake, metrics=["deletion", "insertion"], steps=4)
+    only = score_map(perfect, s.image, box_mask(s), fake, metrics=["insertion"], steps=4)
+    assert sent == [10, 5] and only == {"insertion": both["insertion"]}

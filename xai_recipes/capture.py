@@ -94,6 +94,13 @@ def forward_with_capture(wrapped: LogitsModel, layers: list[nn.Module], pixel_va
     return Capture(wrapped, layers, logits, [seen[id(layer)] for layer in layers], [tuples[id(layer)] for layer in layers])
 
 
+def target_scores(logits: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """``T`` sums over the batch of each image's t-th target logit: images are independent, so the
+    gradient of the t-th sum with respect to an image's tensors is that image's own."""
+    index = torch.tensor(targets, device=logits.device)
+    return logits.gather(1, index).sum(0)
+
+
 def target_grads(output: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Gradients of each of the T outputs w.r.t. ``inputs`` → each ``T×input.shape``."""
     eye = torch.eye(output.numel(), dtype=output.dtype, device=output.device)

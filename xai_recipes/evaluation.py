@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from . import loading, registry
+from .capture import LogitsModel
 from .errors import DatasetError, XAIRecipesError
 from .images import ImageInput, load_image
 from .modelstate import borrowed
@@ -319,8 +320,6 @@ def road(model: torch.nn.Module, recipe: Any, processor: Any, image: Image.Image
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from .capture import LogitsModel
-
     param = next(model.parameters())
     pixel_values = recipe.image_tensor(processor(images=image, return_tensors="pt")).to(param.device, param.dtype)
     with borrowed(model):
@@ -335,7 +334,7 @@ def probabilities(model: torch.nn.Module, processor: Any, recipe: Any, images: l
                               for im in images])
     param = next(model.parameters())
     with borrowed(model), torch.inference_mode():
-        logits = recipe.logits(model(**recipe.model_inputs(model, pixel_values.to(param.device, param.dtype))))
+        logits = LogitsModel(model, recipe)(pixel_values.to(param.device, param.dtype))
     return logits.float().softmax(-1)[:, label].tolist()
 
 

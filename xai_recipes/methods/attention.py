@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import first_tensor, target_grads
+from ..capture import first_tensor, target_grads, target_scores
 from ..errors import MethodNotApplicableError, RecipeError
 from ..hookspecs import hookimpl
 from ..method import Batch, Method, Result
@@ -169,18 +169,12 @@ def run_rollout(batch: Batch) -> Result:
     return Result(logits, targets, _repeat(maps, targets), list(spec.modules(batch.model)))
 
 
-def _target_scores(logits: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-    """``T`` sums over the batch of each image's t-th target logit (images are independent)."""
-    index = torch.tensor(targets, device=logits.device)
-    return logits.gather(1, index).sum(0)
-
-
 def run_gradient_rollout(batch: Batch) -> Result:
     logits, attentions, _ = capture_attention(batch, with_grad=True)
     _square(attentions, batch.recipe, "gradient-rollout")
     spec, prefix = batch.recipe.attention, batch.recipe.attention.prefix(batch.model)
     targets = batch.choose(logits.detach())
-    grads = target_grads(_target_scores(logits, targets), attentions)  # each T×B×H×N×N
+    grads = target_grads(target_scores(logits, targets), attentions)  # each T×B×H×N×N
     B, T, N = len(targets), len(targets[0]), attentions[0].shape[-1]
     relevance = torch.eye(N, device=logits.device, dtype=torch.float64).expand(T, B, N, N)
     for a, g in zip(attentions, grads):
@@ -200,7 +194,7 @@ def run_legrad(batch: Batch) -> Result:
         raise RecipeError(f"layers must be between 1 and {len(attentions)} (the model's attention blocks), got {layers}")
     total = None
     for a, z in list(zip(attentions, tokens))[-layers:]:
-        (grad,) = target_grads(_target_scores(score(z), targets), [a])  # T×B×H×Nq×Nk
+        (grad,) = target_grads(target_scores(score(z), targets), [a])  # T×B×H×Nq×Nk
         relevance = grad.clamp_min(0).mean((2, 3))  # T×B×Nk: mean over heads and queries
         total = relevance if total is None else total + relevance
     maps = _to_maps(total, prefix, batch.input_hw)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import Capture, LogitsModel, as_maps, forward_with_capture, target_grads
+from ..capture import Capture, LogitsModel, as_maps, forward_with_capture, target_grads, target_scores
 from ..errors import RecipeError
 from ..hookspecs import hookimpl
 from ..method import Batch, Method, Result
@@ -88,8 +88,7 @@ def compute_cams(
         _formula_host.append(nn.Linear(1, 1))
     cam = grad_cam_class(method)(model=_formula_host[0], target_layers=[])
     if cam.uses_gradients:
-        index = torch.tensor(targets, device=capture.logits.device)
-        selected = capture.logits.gather(1, index).sum(0)  # T: images are independent, so one sum per target
+        selected = target_scores(capture.logits, targets)
         grads = [g.transpose(0, 1).flatten(0, 1) for g in target_grads(selected, capture.activations)]  # (B·T)×...
     else:
         grads = [None] * len(layers)

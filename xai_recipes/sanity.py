@@ -23,8 +23,7 @@ import copy
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from . import loading, registry
 from .errors import ImageError, XAIRecipesError
-from .images import image_files, load_image
+from .images import load_image
 from .method import Method
 from .modelstate import borrowed
 
@@ -225,14 +224,10 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def _as_list(images: Any) -> list[Any]:
-    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        files = image_files(images)
-        if not files:
-            raise ImageError(f"folder {images} holds no image files")
-        return list(files)
-    if isinstance(images, (list, tuple, Iterator)):
-        return list(images)
-    return [images]
+    """A folder's image files, a list or iterator as a list, one image as a list of one (as ``explain`` reads them)."""
+    from .engine import _is_many, _sources
+
+    return [image for _, image in _sources(images)] if _is_many(images) else [images]
 
 
 def parameter_randomisation(

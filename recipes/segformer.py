@@ -4,23 +4,29 @@
 which the classifier mean-pools. (The tutorial's ``segformer.encoder.layer_norm[-1]`` is
 ``segformer.stages[-1].layer_norm`` in transformers 5.) Each stage begins with an overlapping
 patch embedding, a conv with padding ``patch_size // 2``, so the grid follows the config's
-patch sizes and strides for the actual input size — not a fixed ``// 32``.
+patch sizes and strides for the actual input size — not a fixed ``// 32``. Every stage's
+layer_norm is a stage: where the last stage's grid is under 7×7 (128 px: 4×4), the CAM methods
+read the stage before it.
 """
 
-from xai_recipes import Attention, Recipe, conv_out, hookimpl, tokens_to_map
+from xai_recipes import Attention, Recipe, conv_out, hookimpl, stage_grid, tokens_to_map
 
 
-def grid(config, height: int, width: int) -> tuple[int, int]:
+def grids(config, height: int, width: int) -> list[tuple[int, int]]:
+    """Each stage's grid: its overlapping patch embedding applied to the previous one."""
+    out = []
     for k, s in zip(config.patch_sizes, config.strides):
         height, width = conv_out(height, k, s, k // 2), conv_out(width, k, s, k // 2)
-    return height, width
+        out.append((height, width))
+    return out
 
 
 RECIPE = Recipe(
     name="segformer",
     model_types=("segformer",),
     target_layers=lambda m: [m.segformer.stages[-1].layer_norm],
-    reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw)),
+    stages=lambda m: [stage.layer_norm for stage in m.segformer.stages],
+    reshape=lambda x, m, hw: tokens_to_map(x, stage_grid(x.shape[1], grids(m.config, *hw))),
     head=lambda m: m.classifier,
     pooling="mean",
     # Last stage's efficient self-attention: B×heads×(h·w)×(h'·w'), keys reduced by sr_ratio, no CLS.

@@ -7,24 +7,27 @@ for the head; as a CAM layer it localised worse on the trained test models (0.67
 peaks on the object), whose last block spreads the class over every token. The grid: the patch
 embedding pads the input to a multiple of ``patch_size`` and each of the ``len(depths) - 1``
 patch mergings halves it (padding odd sizes), so ``h = ceil(ceil(H / patch) / 2^(stages-1))``.
+Every stage's last block is a stage (same place): where the last stage's grid is under 7×7
+(128 px: 4×4), the CAM methods read the stage before it.
 """
 
 import math
 
-from xai_recipes import Recipe, halvings, hookimpl, tokens_to_map
+from xai_recipes import Recipe, halvings, hookimpl, stage_grid, tokens_to_map
 
 
-def grid(config, height: int, width: int) -> tuple[int, int]:
-    merges = len(config.depths) - 1
-    p = config.patch_size
-    return halvings(math.ceil(height / p), merges), halvings(math.ceil(width / p), merges)
+def grids(config, height: int, width: int) -> list[tuple[int, int]]:
+    """Each stage's grid: the patch grid, halved by every patch merging before the stage."""
+    h, w = math.ceil(height / config.patch_size), math.ceil(width / config.patch_size)
+    return [(halvings(h, i), halvings(w, i)) for i in range(len(config.depths))]
 
 
 RECIPE = Recipe(
     name="swin",
     model_types=("swin",),
     target_layers=lambda m: [m.swin.encoder.layers[-1].blocks[-1].layernorm_before],
-    reshape=lambda x, m, hw: tokens_to_map(x, grid(m.config, *hw)),
+    stages=lambda m: [layer.blocks[-1].layernorm_before for layer in m.swin.encoder.layers],
+    reshape=lambda x, m, hw: tokens_to_map(x, stage_grid(x.shape[1], grids(m.config, *hw))),
     head=lambda m: m.classifier,
     feature_layer=lambda m: m.swin.layernorm,
     pooling="mean",
@@ -33,7 +36,7 @@ RECIPE = Recipe(
                 f"token exists, so {method} has nothing global to read; use gradcam, hirescam or layercam"
         for method in ("attention", "rollout", "gradient-rollout", "legrad")
     },
-    description="Swin: last block's layernorm_before tokens → last-stage grid (patch size and mergings from the config).",
+    description="Swin: last block's layernorm_before tokens → stage grid (patch size and mergings from the config).",
 )
 
 

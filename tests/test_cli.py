@@ -37,7 +37,8 @@ def test_explain_a_folder_writes_overlays_and_maps_and_reports_the_bad_file(trai
     right = sum(r["predicted"] == r["image"].rsplit("-", 1)[1][:-4] for r in rows)
     assert right >= 5  # the trained model's predictions, not placeholders
     for r in rows:
-        assert Image.open(r["overlay"]).size == Image.open(r["image"]).size
+        (width, height), overlay = Image.open(r["image"]).size, Image.open(r["overlay"])
+        assert overlay.width == width and overlay.height > height  # the overlay under its label strip
         back = xai_recipes.load(r["maps"][0])
         assert back.source == r["image"] and back.labels == r["explained"]
         assert back.heatmaps.shape[1:] == np.asarray(Image.open(r["image"])).shape[:2]
@@ -103,5 +104,6 @@ def test_listing_recipes_imports_neither_grad_cam_nor_timm():
             "print(sorted(m for m in ('pytorch_grad_cam', 'timm', 'sklearn', 'torchvision') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", f"imported on listing: {loaded}"
-    code = "import sys, xai_recipes; xai_recipes.explain; print('pytorch_grad_cam' in sys.modules)"
+    # the check can fail: the engine does import one of them (grad-cam itself only once a CAM method runs)
+    code = "import sys, xai_recipes; xai_recipes.explain; print('timm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"

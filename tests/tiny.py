@@ -18,12 +18,18 @@ FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
 DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet", "hgnet_v2", "pp_lcnet", "deit")
 TIMM = ("timm_vit_reg",)
+#: Three-stage versions of the hierarchical families, trained at 64 px like the rest: their last stage is
+#: at stride 16 (4×4 at 64 px, as a published four-stage model's at 128 px) and the stage before it 8×8;
+#: they test the resolution-aware choice of layer (tests/test_layers.py).
+STRIDE16 = ("convnext_s16", "swin_s16", "segformer_s16", "pvt_v2_s16", "poolformer_s16")
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
 _CROP = {"size": {"shortest_edge": 64}, "crop_pct": 0.875}  # microsoft/resnet-50-style resize + crop
 
 
 def tiny_config(family: str) -> T.PretrainedConfig:
+    if family in STRIDE16:
+        return _stride16_config(family)
     if family == "resnet":
         return T.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2], layer_type="basic", **_LABELS)
     if family == "regnet":  # RegNet-X (facebook/regnet-x-*): no squeeze-excitation, see test_localisation
@@ -88,6 +94,24 @@ def tiny_config(family: str) -> T.PretrainedConfig:
     raise KeyError(family)
 
 
+def _stride16_config(family: str) -> T.PretrainedConfig:
+    three = {"patch_sizes": [7, 3, 3], "strides": [4, 2, 2], "hidden_sizes": [32, 48, 64], "depths": [1, 1, 2]}
+    if family == "convnext_s16":
+        return T.ConvNextConfig(patch_size=4, hidden_sizes=[32, 48, 64], depths=[1, 1, 2], num_stages=3,
+                                layer_scale_init_value=1.0, **_LABELS)
+    if family == "swin_s16":
+        return T.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[2, 2, 2], num_heads=[2, 4, 4], window_size=4, **_LABELS)
+    if family == "segformer_s16":
+        return T.SegformerConfig(num_encoder_blocks=3, sr_ratios=[4, 2, 1], num_attention_heads=[1, 2, 2], mlp_ratios=[2, 2, 2],
+                                 **three, **_LABELS)
+    if family == "pvt_v2_s16":
+        return T.PvtV2Config(num_encoder_blocks=3, sr_ratios=[4, 2, 1], num_attention_heads=[1, 2, 2], mlp_ratios=[2, 2, 2],
+                             **three, **_LABELS)
+    if family == "poolformer_s16":
+        return T.PoolFormerConfig(num_encoder_blocks=3, padding=[2, 1, 1], pool_size=3, mlp_ratio=2.0, **three, **_LABELS)
+    raise KeyError(family)
+
+
 def tiny_timm_vit_reg():
     """A timm ViT with 4 register tokens and a GAP head (``vit_*_reg4_gap``-style), wrapped, with
     timm's own eval transform (resize + centre crop 0.9) as its processor."""
@@ -101,6 +125,7 @@ def tiny_timm_vit_reg():
 
 
 def tiny_processor(family: str):
+    family = family.removesuffix("_s16")
     if family in ("resnet", "regnet", "convnext", "cvt"):
         return T.ConvNextImageProcessor(**_CROP)
     if family in ("swin", "vit"):

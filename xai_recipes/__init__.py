@@ -27,7 +27,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .method import Batch, Method, Result
-from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, tokens_to_map
+from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, stage_grid, tokens_to_map
 from .registry import (
     find_recipe,
     get_method,
@@ -80,7 +80,7 @@ __all__ = [
     "forward_with_capture", "target_grads", "MethodNotApplicableError", "evaluate", "Annotated", "Evaluation",
     "load_annotations", "parameter_randomisation", "SanityReport", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
-    "tokens_to_map", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
+    "tokens_to_map", "stage_grid", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
 ]

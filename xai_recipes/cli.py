@@ -1,4 +1,4 @@
-"""``xai-recipes`` command line: demo, explain, evaluate, fit-gam, list, methods, describe, plugins.
+"""``xai-recipes`` command line: demo, explain, evaluate, fit-gam, list, methods, describe, plugins, serve.
 
 Exit codes: 0 success; 1 some images were skipped (each reported, the rest written);
 2 a bad model, label, method or option stopped the run (one line, ``--debug`` for the traceback).
@@ -67,6 +67,12 @@ def _option(text: str) -> tuple[str, object]:
 def _explain(args: argparse.Namespace) -> int:
     from . import explain
 
+    if args.ray:
+        try:
+            from .ray import cli_explain
+        except ImportError as exc:
+            raise XAIRecipesError(str(exc)) from None
+        return cli_explain(args)
     target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
     files = _inputs(args.images)
     out = Path(args.out)
@@ -170,10 +176,18 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``"128"`` or ``"96x128"`` → (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"want N or HxW in pixels, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
 def _describe(args: argparse.Namespace) -> int:
     from .description import describe
 
-    found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code)
+    found = describe(args.model, recipe=args.recipe, trust_remote_code=args.trust_remote_code, input_size=args.input_size)
     print(json.dumps(found.as_dict(), indent=1) if args.format == "json" else found)
     return 0
 
@@ -185,6 +199,15 @@ def _plugins(args: argparse.Namespace) -> int:
     for p in found if args.format != "json" else []:
         state = f"ERROR {p.error}" if p.error else ", ".join(p.recipes + p.methods)
         print(f"{p.name:14} {p.distribution or '-'} {p.version or ''}: {state}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from . import web
+    except ImportError as exc:
+        raise XAIRecipesError(f"the web page needs gradio ({exc}); install it with: pip install \"xai-recipes[web]\"") from None
+    web.serve(args.model, host=args.host, port=args.port, max_file_size=args.max_file_size, demo=not args.no_demo)
     return 0
 
 
@@ -217,6 +240,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
     ex.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    ex.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="explain on Ray Data actors (pip install \"xai-recipes[ray]\"): a local Ray, or the cluster at "
+                         "ADDRESS (ray://host:10001, or RAY_ADDRESS); writes IMAGE-FILE-NAME.png/.npz/.json, "
+                         "skipping images already written")
     ex.set_defaults(run=_explain)
 
     fit = sub.add_parser("fit-gam", help="fit a patch-embedding GAM (DINO-GAM) head on a frozen backbone",
@@ -267,10 +294,22 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
     de.add_argument("--format", choices=["text", "json"], default="text")
     de.add_argument("--trust-remote-code", action="store_true")
+    de.add_argument("--input-size", type=_size, metavar="N|HxW",
+                    help="model input size for the stage of hierarchical models (default: the config's image_size)")
     de.set_defaults(run=_describe)
     pl = sub.add_parser("plugins", help="installed plugins, their versions and recipes")
     pl.add_argument("--format", choices=["text", "json"], default="text")
     pl.set_defaults(run=_plugins)
+    se = sub.add_parser("serve", help="a web page to explain images (gradio; pip install \"xai-recipes[web]\")",
+                        description="Serve a page to upload an image, choose model, method and targets, and see the "
+                                    "labelled overlays, predictions, DFF concepts and attention heads.")
+    se.add_argument("model", metavar="MODEL", nargs="*", help="local folders or hub ids to offer (the bundled "
+                    "EfficientNet-Lite0 demo model is offered too)")
+    se.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    se.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    se.add_argument("--max-file-size", default="20mb", help="largest upload accepted (default 20mb)")
+    se.add_argument("--no-demo", action="store_true", help="do not offer the bundled demo model")
+    se.set_defaults(run=_serve)
     return top
 
 

@@ -45,7 +45,7 @@ class _Seen:
     order: int
 
 
-def _input_size(config: Any) -> tuple[int, int]:
+def config_input_size(config: Any) -> tuple[int, int]:
     for source in (config, getattr(config, "vision_config", None)):
         size = getattr(source, "image_size", None) if source is not None else None
         if size:
@@ -53,7 +53,7 @@ def _input_size(config: Any) -> tuple[int, int]:
     return 224, 224
 
 
-def _channels(config: Any) -> int:
+def config_channels(config: Any) -> int:
     for source in (config, getattr(config, "vision_config", None)):
         n = getattr(source, "num_channels", None) if source is not None else None
         if n:
@@ -124,7 +124,7 @@ def find_logits(output: Any) -> torch.Tensor:
 
 def _probe(model: nn.Module, forward_kwargs: dict[str, Any], hw: tuple[int, int]) -> tuple[list[_Seen], torch.Tensor]:
     param = next(model.parameters())
-    x = torch.randn(2, _channels(model.config), *hw, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    x = torch.randn(2, config_channels(model.config), *hw, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     seen: dict[int, _Seen] = {}
     runs: dict[int, int] = {}
@@ -197,7 +197,7 @@ def _replay(feature: _Seen, kwargs: dict[str, Any], hw: tuple[int, int]) -> Call
             handle = layer.register_forward_hook(
                 lambda module, args, output: with_first(output, filled.to(first_tensor(output).dtype)))
             try:
-                x = torch.zeros(n, _channels(model.config), *hw, dtype=filled.dtype, device=filled.device)
+                x = torch.zeros(n, config_channels(model.config), *hw, dtype=filled.dtype, device=filled.device)
                 return find_logits(model(pixel_values=x, **kwargs))
             finally:
                 handle.remove()
@@ -250,7 +250,7 @@ def _attention(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int], fe
     when patch rows do too, the patch rows' mean. LeGrad's per-block score is the feature layer
     (a per-token norm) + pooling + head, kept only if it reproduces the logits."""
     param = next(model.parameters())
-    x = torch.randn(2, _channels(model.config), *hw, generator=torch.Generator().manual_seed(1)).to(param.device, param.dtype)
+    x = torch.randn(2, config_channels(model.config), *hw, generator=torch.Generator().manual_seed(1)).to(param.device, param.dtype)
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     names = {id(m): n for n, m in model.named_modules()}
     found: dict[int, tuple[nn.Module, int, torch.Tensor]] = {}
@@ -352,6 +352,22 @@ def _attention(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int], fe
     return spec, where + ("" if score else "; no per-block score for LeGrad")
 
 
+def _stages(targets: list[_Seen]) -> list[str] | None:
+    """A hierarchical model's stages: the last candidate layer at each grid, the grid shrinking from
+    one to the next and ending at the target layer (same layout, no prefix tokens); ``None`` for a
+    model with one grid (a ViT) or one whose grid grows again."""
+    target = targets[-1]
+    ends: list[_Seen] = []
+    for s in (s for s in targets if s.layout == target.layout and s.prefix == 0):
+        if ends and s.grid == ends[-1].grid:
+            ends[-1] = s
+        elif not ends or s.grid[0] * s.grid[1] < ends[-1].grid[0] * ends[-1].grid[1]:
+            ends.append(s)
+        else:
+            return None
+    return [s.name for s in ends] if len(ends) > 1 and ends[-1] is target else None
+
+
 def _default_method(attention: Attention | None) -> str:
     """A derived recipe's default, from the trained test models (tests/test_localisation.py): gradient
     rollout for a CLS readout through the whole model (DeiT 0.73, ViT 0.70; GradCAM 0.52 / 0.50),
@@ -404,7 +420,7 @@ def _derive(model: nn.Module) -> Recipe:
     model_type = getattr(model.config, "model_type", type(model).__name__)
     kwargs = {"interpolate_pos_encoding": True} if _interpolates(model) else {}
     try:
-        hw = _input_size(model.config)
+        hw = config_input_size(model.config)
         try:
             seen, logits = _probe(model, kwargs, hw)
         except Exception:  # noqa: BLE001 - passed through **kwargs to a forward that does not take it
@@ -427,13 +443,14 @@ def _derive(model: nn.Module) -> Recipe:
                             "map (B×C×h×w, or tokens on a patch grid) that the logits depend on position by position; "
                             "pass recipe= or write a recipe plugin")
     target = targets[-1]
+    stages = _stages(targets)
     feature = [s for s in seen if s.layout == target.layout][-1]
     head, pooling, how = _head(model, feature, logits, kwargs, hw)
     attention, where = _attention(model, kwargs, hw, feature, head, pooling)
     layout = {"maps": "B×C×h×w map", "channels_last": "B×h×w×C map",
               "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
     why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "
-           f"{_input_size(model.config)[0]}×{_input_size(model.config)[1]}) gets gradient at every position; "
+           f"{config_input_size(model.config)[0]}×{config_input_size(model.config)[1]}) gets gradient at every position; "
            f"DFF features {feature.name}, head {how} ({pooling} pooling)"
            + ("" if checked else "; the model takes one input size, so the grid was not checked at a second one")
            + f"; attention: {where}")
@@ -448,6 +465,7 @@ def _derive(model: nn.Module) -> Recipe:
         pooling=pooling if pooling in ("mean", "cls") else "mean",
         forward_kwargs=kwargs,
         attention=attention,
+        stages=None if stages is None else lambda m, names=stages: [m.get_submodule(n) for n in names],
         default_method=_default_method(attention),
         description=why,
         plugin="xai_recipes (derived)",

@@ -10,8 +10,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import loading, registry
+from . import layers, loading, registry
+from .derive import config_channels, config_input_size
 from .engine import module_names
+from .modelstate import borrowed
 from .recipe import Recipe
 
 
@@ -30,14 +32,15 @@ def _code(fn: Callable | None) -> str | None:
 
 @dataclass(frozen=True)
 class Description:
-    """How a model would be explained, decided without running it."""
+    """How a model would be explained (at one input size, for the layer of hierarchical models)."""
 
     model_type: str
     architecture: str
     recipe: str
     plugin: str
     description: str
-    target_layers: list[str]
+    target_layers: list[str]  # the CAM methods' layers at ``input_size``
+    layer_choice: str | None  # hierarchical models: which stage at ``input_size`` and why
     reshape: str | None
     logits: str | None
     head: str | None
@@ -45,6 +48,7 @@ class Description:
     forward_kwargs: dict[str, Any]
     default_method: str
     attention: list[str]
+    input_size: tuple[int, int]
     methods: dict[str, str]  # method -> "ok" or why it does not apply
 
     def as_dict(self) -> dict[str, Any]:
@@ -65,19 +69,31 @@ def describe(
     recipe: str | Recipe | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    input_size: int | tuple[int, int] | None = None,
 ) -> Description:
     """The recipe ``explain(model, ...)`` would use, what it declares, its default method and which
-    registered methods apply (and why the others do not), without a forward pass."""
+    registered methods apply (and why the others do not).
+
+    ``input_size`` (the model input's ``H×W``, default the config's ``image_size`` or 224) fixes
+    which stage of a hierarchical model the CAM methods read (:mod:`xai_recipes.layers`): that
+    takes one probe forward pass; nothing else runs the model."""
     model, _ = loading.load(model, None, device, trust_remote_code, need_processor=False)
     chosen = registry.find_recipe(model, recipe)
     spec = chosen.attention
+    size = _size(model, input_size)
+    target, choice = chosen, None
+    if chosen.stages is not None:
+        param = next(model.parameters())
+        with borrowed(model):
+            target, choice = layers.at_input(model, chosen, torch.zeros(1, config_channels(model.config), *size).to(param))
     return Description(
         model_type=model.config.model_type,
         architecture=type(model).__name__,
         recipe=chosen.name,
         plugin=chosen.plugin,
         description=chosen.description,
-        target_layers=module_names(model, list(chosen.target_layers(model))),
+        target_layers=module_names(model, list(target.target_layers(model))),
+        layer_choice=None if choice is None else choice.reason,
         reshape=_code(chosen.reshape),
         logits=_code(chosen.logits),
         head=_code(chosen.head),
@@ -85,8 +101,16 @@ def describe(
         forward_kwargs=dict(chosen.forward_kwargs),
         default_method=chosen.default_method,
         attention=[] if spec is None else module_names(model, list(spec.modules(model))),
+        input_size=size,
         methods=applicable(model, chosen),
     )
+
+
+def _size(model: nn.Module, input_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if input_size is None:
+        return config_input_size(model.config)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    return int(h), int(w)
 
 
 def applicable(model: nn.Module, recipe: Recipe) -> dict[str, str]:

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from . import loading, registry
-from .errors import ImageError, ImageSkippedWarning, MethodNotApplicableError, XAIRecipesError
+from . import layers, loading, registry
+from .errors import ImageError, ImageSkippedWarning, MethodNotApplicableError, ModelOutputError, XAIRecipesError
 from .explanation import Explanation
 from .geometry import Geometry, measure
 from .images import ImageInput, image_files, load_image
@@ -39,7 +40,10 @@ def module_names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
 def _is_many(image: Any) -> bool:
     if isinstance(image, (list, tuple, Iterator)):
         return True
-    return isinstance(image, (str, os.PathLike)) and Path(image).is_dir()
+    try:
+        return isinstance(image, (str, os.PathLike)) and Path(image).is_dir()
+    except (OSError, ValueError):  # a NUL byte, a name too long: load_image names the problem
+        return False
 
 
 def _sources(images: Any) -> Iterator[tuple[str, Any]]:
@@ -106,6 +110,8 @@ class _Run:
         model, recipe, id2label = self.model, self.recipe, self.id2label
         param = next(model.parameters())
         pixel_values = torch.cat([p for _, _, p in items]).to(param.device, param.dtype)
+        if "target_layers" in self.method.needs and "head" not in self.method.needs:  # the stage fitting this input
+            recipe = layers.at_input(model, recipe, pixel_values)[0]
         result = self.method.run(Batch(model, recipe, pixel_values, self.choose, self.top_k, self.options))
         logits = result.logits.detach()
         if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
@@ -113,11 +119,20 @@ class _Run:
                 f"recipe {recipe.name!r} gives logits of shape {tuple(logits.shape)} for {len(items)} image(s) but "
                 f"the model has {len(id2label)} labels; the recipe's logits wrapper does not fit this model"
             )
+        bad = ("logits" if not bool(torch.isfinite(logits).all()) else
+               "maps" if not all(np.isfinite(np.asarray(m, dtype=np.float32)).all() for m in result.maps) else None)
+        if bad:  # NaN in, NaN out: never a silently blank or NaN map
+            names = ", ".join(source or "<image>" for source, _, _ in items[:3])
+            raise ModelOutputError(
+                f"the model gives non-finite {bad} (NaN/inf) on {names}: its weights "
+                "hold NaN/inf (check torch.isfinite(p).all() for model.parameters(); re-download or re-export the "
+                "checkpoint) or a layer overflows in this dtype (run it in float32)"
+            )
         probs = logits.float().softmax(-1)
         top5 = probs.topk(min(5, len(id2label)))
         targets = result.targets
         scores = result.scores or [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
-        layers = module_names(model, result.layers)
+        layer_names = module_names(model, result.layers)
         results = []
         for b, (source, pil, _) in enumerate(items):
             geometry = self.geometry((pil.height, pil.width))
@@ -133,7 +148,7 @@ class _Run:
                 predictions=[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])],
                 recipe=recipe.name,
                 method=self.method.name,
-                target_layers=layers,
+                target_layers=layer_names,
                 source=source,
                 geometry=geometry,
                 legend=None if result.legend is None else result.legend[b],

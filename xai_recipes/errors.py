@@ -52,5 +52,13 @@ class DatasetError(XAIRecipesError, ValueError):
     """A data folder cannot be used (e.g. fewer than two classes with images)."""
 
 
+class ModelOutputError(XAIRecipesError, ArithmeticError):
+    """The model gave non-finite logits or maps (NaN/inf): corrupt weights, not a heatmap to show."""
+
+
+class ExplanationFileError(XAIRecipesError, ValueError):
+    """A saved explanation (``.npz`` + ``.json``) is damaged, foreign or holds something unsafe."""
+
+
 class ImageSkippedWarning(UserWarning):
     """An image of a batch could not be explained and was skipped (the rest go on)."""

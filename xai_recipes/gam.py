@@ -14,12 +14,12 @@ loaded by ``explain(folder, ...)`` like any other image classifier.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from huggingface_hub import snapshot_download
@@ -97,19 +97,44 @@ class DinoGAMForImageClassification(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, trust_remote_code: bool = False) -> DinoGAMForImageClassification:
+        """A GAM saved by :meth:`save_pretrained`: safetensors head, backbone safetensors only; a
+        damaged or mismatched folder raises :class:`ModelLoadError` naming the file."""
         folder = Path(folder) if Path(folder).is_dir() else Path(snapshot_download(str(folder), allow_patterns=["*.json", HEAD_FILE]))
         try:
             config = DinoGAMConfig.from_pretrained(folder)
             head = load_file(folder / HEAD_FILE)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{folder} is not a saved GAM (config.json + {HEAD_FILE}): {exc}") from None
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise ModelLoadError(f"{folder} is not a saved GAM (config.json + {HEAD_FILE}), or a file of it is truncated "
+                                 f"or corrupt ({type(exc).__name__}: {exc}); save it again with save_pretrained()") from None
+        _check_head(head, config, folder / HEAD_FILE)
         backbone = load_backbone(config.backbone, trust_remote_code)
-        model = cls(config, backbone, AutoImageProcessor.from_pretrained(folder))
+        try:
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - a missing or hostile preprocessor_config.json
+            raise ModelLoadError(f"cannot load the image processor of the GAM {folder} ({type(exc).__name__}: {exc}); "
+                                 "save the backbone's processor into the folder") from None
+        model = cls(config, backbone, processor)
         check_width(backbone, head["weight"].shape[1])
         model.classifier.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
         model.shift.copy_(head.get("shift", model.shift))
         model.scale.copy_(head.get("scale", model.scale))
         return model.eval()
+
+
+def _check_head(head: dict[str, torch.Tensor], config: DinoGAMConfig, path: Path) -> None:
+    """The head file holds ``weight`` (labels × width), ``bias`` (labels) and optional ``shift``/``scale``
+    (width), all finite, fitting the config's labels and width."""
+    labels, width = len(config.id2label), config.hidden_size
+    want = {"weight": (labels, width), "bias": (labels,), "shift": (width,), "scale": (width,)}
+    for key, shape in want.items():
+        tensor = head.get(key)
+        if tensor is None and key in ("shift", "scale"):
+            continue
+        problem = ("is missing" if tensor is None else f"has shape {tuple(tensor.shape)}, not {shape}"
+                   if tuple(tensor.shape) != shape else "holds NaN or inf" if not torch.isfinite(tensor).all() else "")
+        if problem:
+            raise ModelLoadError(f"{path}: the head's {key!r} {problem} (config.json: {labels} labels, hidden_size "
+                                 f"{width}); the folder is damaged or its files do not belong together: save the GAM again")
 
 
 def load_backbone(ref: str | os.PathLike | nn.Module, trust_remote_code: bool = False) -> nn.Module:
@@ -118,8 +143,10 @@ def load_backbone(ref: str | os.PathLike | nn.Module, trust_remote_code: bool = 
         return ref
     try:
         return AutoModel.from_pretrained(ref, use_safetensors=True, trust_remote_code=trust_remote_code).eval()
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the GAM's backbone {str(ref)!r} with safetensors weights: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - missing, pickle-only, truncated, custom code not trusted...
+        raise ModelLoadError(f"cannot load the GAM's backbone {str(ref)!r} with safetensors weights ({type(exc).__name__}: "
+                             f"{exc}); xai_recipes never loads pickle weights nor runs a folder's code unless "
+                             "trust_remote_code=True: point config.json's backbone at a safetensors checkpoint") from None
 
 
 def check_width(backbone: nn.Module, width: int) -> None:
@@ -141,7 +168,7 @@ def gam_from_head(backbone: str | os.PathLike | nn.Module, weight: torch.Tensor,
     check_width(net, weight.shape[1])
     name = backbone if isinstance(backbone, (str, os.PathLike)) else getattr(net.config, "_name_or_path", "")
     if processor is None and name:
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     config = DinoGAMConfig(backbone=str(name), pooling=pooling, hidden_size=weight.shape[1],
                            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     model = DinoGAMForImageClassification(config, net, processor)

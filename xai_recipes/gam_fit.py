@@ -167,7 +167,13 @@ def gam_from_sklearn(
     arbitrary code, so only do it for files you trust (better: convert them to skops).
     """
     path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the head file {path} ({exc}); pass the path of a .skops file") from None
+    # by content, not name: a pickle renamed .skops is still a pickle (protocol 2+ starts with 0x80)
+    if path.suffix.lower() in PICKLE_SUFFIXES or magic[:1] == b"\x80":
         if not allow_pickle:
             raise ModelLoadError(
                 f"{path} is a pickle file, and loading pickle can run arbitrary code. Convert it to skops "
@@ -178,15 +184,32 @@ def gam_from_sklearn(
     else:
         import skops.io as sio
 
-        found = sio.get_untrusted_types(file=path)
+        try:
+            found = sio.get_untrusted_types(file=path)
+        except Exception as exc:  # noqa: BLE001 - not a zip (truncated, another format), a damaged schema...
+            raise ModelLoadError(f"{path} is not a readable skops file ({type(exc).__name__}: {exc}); it may be truncated "
+                                 "or in another format: export the head again with skops.io.dump(estimator, path)") from None
         unknown = [t for t in found if t not in LINEAR_TYPES and t not in (trusted or [])]
         if unknown:
             raise ModelLoadError(f"{path} holds types that are not known linear classifiers: {unknown}; "
                                  "pass trusted=[...] after checking them")
-        estimator = sio.load(path, trusted=found)
-    if not hasattr(estimator, "coef_"):
-        raise ModelLoadError(f"{path} holds a {type(estimator).__name__}, not a fitted linear classifier (no coef_)")
-    weight, bias = _multiclass(np.asarray(estimator.coef_), np.asarray(estimator.intercept_))
+        try:
+            estimator = sio.load(path, trusted=found)
+        except Exception as exc:  # noqa: BLE001 - as above, found while loading
+            raise ModelLoadError(f"cannot load the skops file {path} ({type(exc).__name__}: {exc}); export the head "
+                                 "again with skops.io.dump(estimator, path)") from None
+    coef, intercept = getattr(estimator, "coef_", None), getattr(estimator, "intercept_", None)
+    if coef is None or intercept is None:
+        raise ModelLoadError(f"{path} holds a {type(estimator).__name__}, not a fitted linear classifier (no coef_); "
+                             "fit it, or pass the file of a fitted LogisticRegression-like head")
+    try:
+        coef, intercept = np.asarray(coef, dtype=np.float64), np.atleast_1d(np.asarray(intercept, dtype=np.float64))
+    except (TypeError, ValueError):
+        coef, intercept = np.zeros(0), np.zeros(0)  # refused just below
+    if coef.ndim != 2 or intercept.shape != (coef.shape[0],) or not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        raise ModelLoadError(f"{path}: the head's coef_ {coef.shape} and intercept_ {intercept.shape} are not a finite "
+                             "classes × features matrix and vector; export a fitted linear classifier")
+    weight, bias = _multiclass(coef, intercept)
     names = labels or [str(c) for c in getattr(estimator, "classes_", range(weight.shape[0]))]
     return gam_from_head(backbone, weight, bias, names, pooling=pooling, processor=processor,
                          trust_remote_code=trust_remote_code)

@@ -8,16 +8,19 @@ attach a random head to a backbone and every heatmap would be noise.
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from . import gam, registry, timm_models
-from .errors import ModelLoadError, NotAnImageClassifierError
+from .errors import ModelLoadError, NotAnImageClassifierError, XAIRecipesError
 from .lru import LRU
 
 #: Models loaded by name, by (name, device, trust_remote_code); set ``cache.size`` to keep more or fewer.
@@ -61,22 +64,87 @@ def _auto_classifier(config: Any) -> bool:
     return True
 
 
+def _remote_code(ref: str) -> dict[str, Any]:
+    """The ``auto_map`` of a local folder's config.json (the custom code it asks to run), if any."""
+    try:
+        data = json.loads((Path(ref).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("auto_map") or {} if isinstance(data, dict) else {}
+
+
+def _check_finite(model: nn.Module, ref: str) -> None:
+    """Refuse weights holding NaN or inf: every logit and map would be NaN (a corrupt download)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"the weights of {ref!r} hold NaN or infinite values (first in {name}): the file is "
+                                 "corrupt or the training diverged; re-download or re-export the checkpoint")
+
+
+def _from_pretrained(ref: str, trust_remote_code: bool, num_labels: int) -> tuple[nn.Module, dict]:
+    """``AutoModelForImageClassification.from_pretrained`` with safetensors only; its failures as typed errors."""
+    try:
+        return AutoModelForImageClassification.from_pretrained(
+            ref, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    except SafetensorError as exc:
+        raise ModelLoadError(
+            f"the safetensors weights of {ref!r} are truncated or corrupt ({exc}); re-download the checkpoint or "
+            "re-save it with save_pretrained()"
+        ) from None
+    except (OSError, EnvironmentError) as exc:
+        raise ModelLoadError(
+            f"cannot load {ref!r} with safetensors weights ({exc}). xai_recipes never loads pickle (.bin/.pt) "
+            "weights, which can run code: convert the checkpoint with save_pretrained(..., safe_serialization=True), "
+            "or, if you trust the file, load it yourself (AutoModelForImageClassification.from_pretrained(folder, "
+            "use_safetensors=False)) and pass the model"
+        ) from None
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc):
+            raise ModelLoadError(f"cannot load {ref!r}: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(
+            f"the weights of {ref!r} do not fit its config.json: the config lists {num_labels} classes (id2label) "
+            "but the classification head in model.safetensors has another number, or a layer's shape differs "
+            "(transformers would re-initialise it randomly); fix id2label and label2id in config.json to list "
+            "exactly the classes the head was trained on"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a hostile config reaches deep into transformers
+        raise ModelLoadError(f"cannot load {ref!r}: {type(exc).__name__}: {exc}; check its config.json and weights") from None
+
+
 def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    if ref.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(ref)):
+    path = os.path.expanduser(ref)
+    if os.path.isfile(path):  # transformers would read a file as a (pickle) checkpoint
+        raise ModelLoadError(f"model {ref!r} is a file; pass the folder that holds its config.json and model.safetensors")
+    if ref.startswith((".", "/", "~")) and not os.path.isdir(path):
         raise ModelLoadError(f"model folder {ref!r} does not exist; pass a local folder or a hub id like 'microsoft/resnet-50'")
     if timm_models.is_timm_folder(ref):
-        return timm_models.load_timm_folder(ref)
+        try:
+            return timm_models.load_timm_folder(ref)
+        except XAIRecipesError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown architecture, corrupt weights, a config timm rejects
+            raise ModelLoadError(f"cannot load the timm folder {ref!r} ({type(exc).__name__}: {exc}); check its "
+                                 "config.json (architecture, num_classes, pretrained_cfg) and model.safetensors") from None
     try:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load a model config from {ref!r}: {exc}") from None
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            code = sorted(set((_remote_code(ref) or {}).values())) or ["its own code"]
+            raise ModelLoadError(
+                f"{ref!r} needs custom code to load ({', '.join(map(str, code))} in its auto_map), and xai_recipes runs "
+                "no code from a model folder or the hub unless asked. Read that code, then pass trust_remote_code=True "
+                "if you trust it"
+            ) from None
+        raise ModelLoadError(f"cannot load a model config from {ref!r}: {exc}; pass a folder with a transformers "
+                             "config.json (model_type, id2label) or a hub id") from None
     if config.model_type == gam.MODEL_TYPE:
         model = gam.DinoGAMForImageClassification.from_pretrained(ref, trust_remote_code)
         return model, model.processor
     archs = getattr(config, "architectures", None) or []
-    if archs and not any(a.endswith(_CLASSIFIER_SUFFIXES) for a in archs):
+    if archs and not any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs):
         raise NotAnImageClassifierError(
-            f"{ref!r} is a {', '.join(archs)} checkpoint, not an image classifier: it has no trained "
+            f"{ref!r} is a {', '.join(map(str, archs))} checkpoint, not an image classifier: it has no trained "
             "classification head, so a heatmap would explain a random head. Use a *ForImageClassification "
             "checkpoint (or fine-tune a head first)"
         )
@@ -85,20 +153,14 @@ def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
             f"{ref!r} has model_type {config.model_type!r}, which has no image-classification model in "
             "transformers; pass an image-classification checkpoint"
         )
-    try:
-        model, info = AutoModelForImageClassification.from_pretrained(
-            ref, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
-        )
-    except (OSError, EnvironmentError) as exc:
-        raise ModelLoadError(
-            f"cannot load {ref!r} with safetensors weights ({exc}). xai_recipes never loads pickle "
-            "(.bin/.pt) weights; convert the checkpoint with save_pretrained(..., safe_serialization=True)"
-        ) from None
+    model, info = _from_pretrained(ref, trust_remote_code, len(getattr(config, 'id2label', None) or {}))
     if info.get("missing_keys"):
         raise NotAnImageClassifierError(
             f"{ref!r} lacks trained weights for {sorted(info['missing_keys'])[:4]}...: transformers "
-            "would initialise them randomly and the explanation would be meaningless"
+            "would initialise them randomly and the explanation would be meaningless; pass a checkpoint saved "
+            "with its trained head (model.save_pretrained of the fine-tuned classifier)"
         )
+    _check_finite(model, ref)
     try:
         processor = AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -87,6 +87,11 @@ class Recipe:
             ``{"pixel_values": image, **forward_kwargs}``.
         attention: where the attention probabilities are (:class:`Attention`), for the
             attention methods; ``None`` for models without attention.
+        stages: ``model -> [module, ...]``: for hierarchical models, the output of each stage,
+            shallow to deep, the last being the target layer; ``reshape`` must take each one's
+            activations. The CAM methods then read the deepest stage whose grid is at least 7 on
+            its short side at the actual input size (:mod:`xai_recipes.layers`): the last stage
+            at 224 px, the one before it at 128 px. ``None``: always ``target_layers``.
         default_method: the method ``explain`` uses when none is asked for: the one that
             localises best on this family, as measured (see the gallery's quality tables).
         unsupported: method name → why that method cannot explain this family and what to use
@@ -107,6 +112,7 @@ class Recipe:
     image: Callable[[Mapping[str, Any]], torch.Tensor] | None = None
     inputs: Callable[[nn.Module, torch.Tensor], dict[str, Any]] | None = None
     attention: Attention | None = None
+    stages: Callable[[nn.Module], Sequence[nn.Module]] | None = None
     default_method: str = "gradcam"
     unsupported: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
@@ -162,6 +168,16 @@ def infer_grid(n_tokens: int, input_hw: tuple[int, int], max_prefix: int = 16) -
                     if h * w == n:
                         return (h, w), prefix
     raise RecipeError(f"{n_tokens} tokens fit no patch grid of a {H}×{W} input (with ≤ {max_prefix} prefix tokens)")
+
+
+def stage_grid(n_tokens: int, grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The grid among ``grids`` (a hierarchical model's stages at this input) that holds ``n_tokens``
+    tokens; raises :class:`RecipeError` when none does."""
+    for grid in grids:
+        if grid[0] * grid[1] == n_tokens:
+            return grid
+    raise RecipeError(f"{n_tokens} tokens fit none of the stage grids {list(grids)}; the recipe's grids do not fit "
+                      "this model or input size")
 
 
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:

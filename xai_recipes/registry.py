@@ -1,13 +1,17 @@
 """The registry of recipes and methods: plugins found through the ``xai_recipes`` entry-point group.
 
 Built-in recipes and methods arrive exactly like third-party ones. A plugin that fails to import, or whose
-hook raises, is reported (a warning, and in :func:`plugins`) and skipped; the rest keep working.
+hook raises, is reported (a warning, and in :func:`plugins`) and skipped; the rest keep working. Each
+plugin is imported in a daemon thread with a time limit (:data:`IMPORT_TIMEOUT`): one whose import hangs
+(a network call, a deadlock, ``input()``) or calls ``sys.exit`` is reported as broken instead of taking the
+host with it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
@@ -22,6 +26,35 @@ from .method import Method
 from .recipe import Recipe
 
 ENTRY_POINT_GROUP = "xai_recipes"
+#: Seconds a plugin's import may take before it is reported as broken and skipped (environment variable
+#: ``XAI_RECIPES_PLUGIN_TIMEOUT``). The built-ins import grad-cam and torchvision: seconds on a loaded machine.
+IMPORT_TIMEOUT = float(os.environ.get("XAI_RECIPES_PLUGIN_TIMEOUT", "120"))
+
+
+class _ImportTimeout(Exception):
+    pass
+
+
+def _import(ep: importlib.metadata.EntryPoint, timeout: float) -> tuple[Any, BaseException | None]:
+    """``ep.load()`` in a daemon thread: ``(plugin, None)``, or ``(None, the exception it raised)`` (any,
+    ``SystemExit`` included); :class:`_ImportTimeout` when it has not finished after ``timeout`` seconds
+    (the thread is left behind, blocked; the host goes on)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["plugin"] = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt at import: a broken plugin
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"xai_recipes plugin import {ep.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _ImportTimeout(f"import did not finish within {timeout:g} s (it hangs, or deadlocks importing "
+                             "xai_recipes' registry itself); fix or uninstall the plugin, or raise "
+                             "XAI_RECIPES_PLUGIN_TIMEOUT if it is only slow")
+    return box.get("plugin"), box.get("error")
 
 
 @dataclass
@@ -57,9 +90,12 @@ class Registry:
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.name if dist else None, dist.version if dist else None)
             try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not break the host
-                self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+                plugin, error = _import(ep, IMPORT_TIMEOUT)
+            except _ImportTimeout as exc:
+                self._fail(info, str(exc))
+                continue
+            if error is not None:  # a broken plugin (even one calling sys.exit) must not break the host
+                self._fail(info, f"import failed: {type(error).__name__}: {error}")
                 continue
             self.add_plugin(plugin, info)
 

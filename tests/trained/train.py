@@ -19,7 +19,7 @@ import transformers as T
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from synthetic import make_set  # noqa: E402
-from tiny import DERIVED, FAMILIES, TIMM, tiny_config, tiny_processor, tiny_timm_vit_reg  # noqa: E402
+from tiny import DERIVED, FAMILIES, STRIDE16, TIMM, tiny_config, tiny_processor, tiny_timm_vit_reg  # noqa: E402
 
 from xai_recipes.derive import find_logits  # noqa: E402 - PP-LCNet's logits are in last_hidden_state
 
@@ -41,6 +41,7 @@ def pixels(processor, samples) -> torch.Tensor:
 def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: int = 5000, goal: float = 0.97) -> None:
     torch.manual_seed(0)
     batch = BATCH.get(family, 64)
+    base = family.removesuffix("_s16")  # the three-stage models train like their family
     if family in TIMM:
         model, processor = tiny_timm_vit_reg()
     else:
@@ -53,8 +54,8 @@ def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: i
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             torch.nn.init.ones_(m.weight)
             torch.nn.init.zeros_(m.bias)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR.get(family, 3e-3), weight_decay=WEIGHT_DECAY.get(family, 0.05))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR.get(family, 3e-3), total_steps=max_steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR.get(base, 3e-3), weight_decay=WEIGHT_DECAY.get(family, 0.05))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR.get(base, 3e-3), total_steps=max_steps, pct_start=0.1)
     g = torch.Generator().manual_seed(0)
     t0, acc = time.time(), 0.0
     for step in range(1, max_steps + 1):
@@ -93,5 +94,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     out_root = Path(args.pop(args.index("--out") + 1)) if "--out" in args else HERE
     args = [a for a in args if a != "--out"]
-    for fam in args or FAMILIES + DERIVED + TIMM:
+    for fam in args or FAMILIES + DERIVED + TIMM + STRIDE16:
         train(fam, out_root)

@@ -1,0 +1,161 @@
+"""Coverage-guided fuzzing of image decoding and ``explain()`` (atheris, i.e. libFuzzer for Python).
+
+Each input is a byte string handed to ``explain(model, data)``: decoded as an image file by
+``xai_recipes.images`` (PIL underneath, its Python plugins instrumented for coverage) and, when it
+decodes, explained with a tiny ResNet. The contract under test: every input ends in an
+``XAIRecipesError`` or in a valid explanation (finite heatmaps in [0, 1] of the image's size).
+Anything else — another exception, or an invalid explanation — is a failure: one line
+``UNTYPED <sha1> <what>`` on stderr (the input saved under ``$FUZZ_CRASH_DIR`` if set), counted,
+and fuzzing goes on; ``FUZZ_STRICT=1`` raises instead, so libFuzzer stops and writes the crash file.
+A hang is caught by libFuzzer's ``-timeout``, a memory bomb by ``-rss_limit_mb`` / its malloc limit.
+
+    python fuzz/fuzz_explain.py CORPUS_DIR -max_total_time=60 -timeout=20
+    python fuzz/fuzz_explain.py CORPUS_DIR -runs=2000
+
+An empty (or new) ``CORPUS_DIR`` is first filled with seeds generated here: small valid PNG, JPEG
+(with EXIF rotation), GIF (animated, transparent), WebP, TIFF (CMYK, 16-bit), BMP and ICO files, and a
+few decompression-bomb headers. libFuzzer prints ``Done N runs in T second(s)`` at the end;
+tests/test_hostile_fuzz.py runs this for a bounded time and asserts no failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import atheris
+import numpy as np
+import torch
+import transformers  # noqa: F401 - imported before instrumentation: not instrumented (too big, not ours)
+
+with atheris.instrument_imports(include=["PIL", "xai_recipes"]):
+    from PIL import Image
+
+    Image.init()  # every PIL format plugin imported now, so instrumented
+    from xai_recipes import XAIRecipesError, explain, images
+
+#: Inputs may declare sizes up to this (not 89 MP): a fuzzer soon writes valid headers of
+#: large images, and decoding each would take seconds. The size check itself is the same code.
+images.MAX_PIXELS = 1 << 20
+STRICT = os.environ.get("FUZZ_STRICT") == "1"
+CRASH_DIR = os.environ.get("FUZZ_CRASH_DIR")
+failures = 0
+
+
+def tiny_model() -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                                       id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    model = transformers.ResNetForImageClassification(config).eval()
+    return model, transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+
+
+MODEL, PROCESSOR = tiny_model()
+
+
+def problem_with(exp) -> str | None:
+    """Why ``exp`` is not a valid explanation, or None."""
+    heatmaps = exp.heatmaps
+    if heatmaps.ndim != 3 or heatmaps.shape[1:] != (exp.image.height, exp.image.width):
+        return f"heatmaps of shape {heatmaps.shape} for a {exp.image.size} image"
+    if not np.isfinite(heatmaps).all() or heatmaps.min() < 0 or heatmaps.max() > 1:
+        return "heatmaps not finite or outside [0, 1]"
+    return None
+
+
+def fail(data: bytes, what: str) -> None:
+    global failures
+    failures += 1
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    print(f"UNTYPED {digest} {what[:300]}", file=sys.stderr, flush=True)
+    if CRASH_DIR:
+        Path(CRASH_DIR).mkdir(parents=True, exist_ok=True)
+        (Path(CRASH_DIR) / f"untyped-{digest}").write_bytes(data)
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exp = explain(MODEL, data, processor=PROCESSOR, method="gradcam")
+    except XAIRecipesError:
+        return
+    except Exception as exc:  # noqa: BLE001 - the failure being hunted
+        if STRICT:
+            raise
+        fail(data, f"{type(exc).__name__}: {exc}")
+        return
+    problem = problem_with(exp)
+    if problem:
+        if STRICT:
+            raise AssertionError(problem)
+        fail(data, problem)
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def seeds() -> dict[str, bytes]:
+    """Small valid files of every common format and mode, and bomb headers: where mutation starts."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (16, 12), c) for c in ((255, 0, 0), (0, 255, 0))]
+    out = {
+        "rgb.png": _encode(rgb, "PNG"),
+        "palette-transparent.png": _encode(rgb.convert("P"), "PNG", transparency=3),
+        "grey16.png": _encode(Image.fromarray(rng.integers(0, 65535, (12, 16), dtype=np.uint16)), "PNG"),
+        "rgba.png": _encode(rgb.convert("RGBA"), "PNG"),
+        "rgb.jpg": _encode(rgb, "JPEG", quality=80),
+        "exif6.jpg": _encode(rgb, "JPEG", exif=exif),
+        "cmyk.jpg": _encode(rgb.convert("CMYK"), "JPEG"),
+        "progressive.jpg": _encode(rgb, "JPEG", progressive=True),
+        "animated.gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], transparency=0),
+        "rgb.webp": _encode(rgb, "WEBP"),
+        "lossless.webp": _encode(rgb.convert("RGBA"), "WEBP", lossless=True),
+        "cmyk.tif": _encode(rgb.convert("CMYK"), "TIFF"),
+        "deflate.tif": _encode(rgb, "TIFF", compression="tiff_adobe_deflate"),
+        "float.tif": _encode(Image.fromarray(rng.random((10, 12)).astype(np.float32)), "TIFF"),
+        "rgb.bmp": _encode(rgb, "BMP"),
+        "rgb.ico": _encode(rgb, "ICO"),
+        "bomb.png": _png_header(100_000, 100_000),
+        "strip.png": _encode(Image.new("RGB", (300, 2)), "PNG"),
+    }
+    return out
+
+
+def main() -> None:
+    corpus = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if corpus is not None:
+        folder = Path(corpus)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any(folder.iterdir()):
+            for name, data in seeds().items():
+                (folder / name).write_bytes(data)
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -366,32 +366,51 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
     return out, thumb
 
 
-def quality_section(name: str, example: Example) -> list[str]:
-    """Methods × metrics of ``xai_recipes.evaluate`` on held-out annotated images, for trained models."""
-    import xai_recipes
+def quality_data(example: Example) -> tuple[list, str] | None:
+    """Annotated images for a page's quality table, and where they come from: held-out synthetic images
+    for the trained test models, hand-boxed real photos for the real EfficientNet-Lite0."""
+    from xai_recipes import demo
 
-    if not (isinstance(example.model, (str, os.PathLike)) and Path(example.model).parent == TRAINED):
-        return []
+    if not isinstance(example.model, (str, os.PathLike)):
+        return None
+    if Path(example.model) == demo.default_folder():
+        return demo.annotated_photos(), (
+            f"{len(demo.ANNOTATED)} real CC0 photos from scikit-image with hand-drawn boxes around the object their "
+            f"ImageNet label names (`xai_recipes.demo.annotated_photos()`: {', '.join(demo.ANNOTATED)}; few images, "
+            "so read differences under 0.3 as noise)")
+    if Path(example.model).parent != TRAINED:
+        return None
     sys.path.insert(0, str(ROOT / "tests"))
     from synthetic import make_set
 
+    data = [(s.image, s.label, s.box) for s in make_set(QUALITY_SEED, QUALITY_N, QUALITY_SIZES)]
+    return data, (f"{QUALITY_N} held-out synthetic images (`tests/synthetic.make_set(seed={QUALITY_SEED}, n={QUALITY_N}, "
+                  f"sizes={QUALITY_SIZES})`, box = the object)")
+
+
+def quality_section(name: str, example: Example) -> list[str]:
+    """Methods × metrics of ``xai_recipes.evaluate`` on annotated images (see :func:`quality_data`)."""
+    import xai_recipes
     from xai_recipes.loading import load
 
+    found = quality_data(example)
+    if found is None:
+        return []
+    data, where = found
     model = load(example.model)[0]
     recipe = xai_recipes.get_recipe(name)
     methods = [m for m in QUALITY_METHODS if xai_recipes.get_method(m).why_not(model, recipe) is None]
-    data = [(s.image, s.label, s.box) for s in make_set(QUALITY_SEED, QUALITY_N, QUALITY_SIZES)]
     result = xai_recipes.evaluate(example.model, data, methods=methods, recipe=name, metrics=QUALITY_METRICS)
     QUALITY[name] = {"default": recipe.default_method, **result.summary[recipe.default_method],
                      "gradcam_pointing": result.summary["gradcam"]["pointing"]}
     rows = [{"method": f"**{m}** (default)" if m == recipe.default_method else m,
              **{k: round(v, 3) for k, v in result.summary[m].items()}} for m in methods]
-    rel = Path(example.model).relative_to(ROOT).as_posix()
+    model_path = Path(example.model)
+    rel = model_path.relative_to(ROOT).as_posix() if model_path.is_relative_to(ROOT) else "<demo model folder>"
     return ["### Quality: methods × metrics", "",
-            f"`xai_recipes.evaluate(\"{rel}\", data, methods=[...])` on {QUALITY_N} held-out synthetic images "
-            f"(`tests/synthetic.make_set(seed={QUALITY_SEED}, n={QUALITY_N}, sizes={QUALITY_SIZES})`, box = the "
-            "object). Pointing game (15 px tolerance) and energy on the object: higher is better; deletion AUC: "
-            "lower; insertion AUC: higher (16 steps, blurred baseline). See `xai_recipes.evaluation`.", "",
+            f"`xai_recipes.evaluate(\"{rel}\", data, methods=[...])` on {where}. Pointing game (15 px tolerance) "
+            "and energy on the object: higher is better; deletion AUC: lower; insertion AUC: higher (16 steps, blurred "
+            "baseline). See `xai_recipes.evaluation`.", "",
             markdown_table(rows), ""]
 
 

@@ -9,7 +9,7 @@ libwebp, libtiff) may legitimately decode damaged bytes into *some* picture.
 
 Pickles in the corpus carry a payload that creates a marker file when unpickled; remote code
 modules create one when imported: a marker that exists after a case proves code ran.
-:func:`tests/test_hostile.py` runs every case, bounded in time, and checks the model is untouched.
+tests/test_hostile.py runs every case, bounded in time, and checks the model is untouched.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ SIZES = [(64, 64), (72, 96), (96, 64), (80, 80), (90, 120)]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,
              logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -149,6 +148,13 @@ def test_cli_ray_writes_the_files(local_ray, images, tmp_path, capsys):
     assert loaded.labels == rotated["explained"]
     np.testing.assert_allclose(loaded.heatmaps, explain(MODEL, images / "rotated.jpg").heatmaps, atol=1e-4)
     assert not (out / ".xai-recipes-partial").exists()
+
+
+def test_a_bad_target_stops_the_job_with_its_typed_error(local_ray, images, tmp_path):
+    from xai_recipes.ray import explain_dataset
+
+    with pytest.raises(xai_recipes.UnknownLabelError, match="^label 'giraffe' is not in this model's id2label"):
+        explain_dataset([images / "img0.png"], MODEL, target="giraffe", concurrency=1, output=tmp_path)
 
 
 def test_bad_arguments_fail_before_any_actor_starts():

@@ -122,18 +122,21 @@ def _arrow_table(rows: list[dict[str, Any]], with_maps: bool, with_output: bool)
 class _Explainer:
     """A Ray Data actor: loads the model once, explains each batch with the batched engine."""
 
-    def __init__(self, model: Any, settings: dict[str, Any], explain_options: dict[str, Any],
+    def __init__(self, model: Any, loading: dict[str, Any], explain_options: dict[str, Any],
                  output: str | None, root: str | None, overlays: bool) -> None:
         from .loading import load
 
-        self.model, self.processor = load(model, settings["processor"], settings["device"], settings["trust_remote_code"])
-        self.settings, self.options = settings, explain_options
+        self.model, processor = load(model, loading["processor"], loading["device"], loading["trust_remote_code"])
+        self.options = {"processor": processor, **explain_options}
         self.output, self.root, self.overlays = output, root, overlays
         self.partial = Path(output, _PARTIAL, uuid.uuid4().hex) if output else None
 
     def __call__(self, batch: dict[str, np.ndarray]):
         from .engine import explain
 
+        if "bytes" not in batch and "image" not in batch:
+            raise XAIRecipesError(f"a Ray Dataset to explain needs a 'bytes' column (ray.data.read_binary_files) or an "
+                                  f"'image' column (ray.data.read_images); this one has {sorted(batch)}")
         n = len(next(iter(batch.values())))
         if "path" in batch:
             sources = [str(s) for s in batch["path"]]
@@ -279,7 +282,7 @@ def explain_dataset(
     out = None if output is None else os.path.abspath(output)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-    settings = {"processor": processor, "device": device, "trust_remote_code": trust_remote_code}
+    loading = {"processor": processor, "device": device, "trust_remote_code": trust_remote_code}
     explain_options = {"method": method, "target": target, "top_k": top_k, "recipe": recipe, **options}
     if isinstance(concurrency, int):
         compute = ray.data.ActorPoolStrategy(size=concurrency)
@@ -289,17 +292,28 @@ def explain_dataset(
         compute = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
     result = dataset.map_batches(
         _Explainer, batch_size=batch_size, batch_format="numpy", compute=compute, num_gpus=num_gpus,
-        num_cpus=num_cpus, fn_constructor_args=(model, settings, explain_options, out, root, overlays),
+        num_cpus=num_cpus, fn_constructor_args=(model, loading, explain_options, out, root, overlays),
     )
+    if hasattr(result.context, "raise_original_map_exception"):  # Ray >= 2.4x: a typed error, not UserCodeException
+        result.context.raise_original_map_exception = True
     if out is None:
         return result
-    result = result.materialize()
+    try:
+        result = result.materialize()
+    except ray.exceptions.RayTaskError as exc:
+        raise _typed(exc) from None
     for leftover in [*Path(out, _PARTIAL).glob("*"), Path(out, _PARTIAL)]:  # emptied actor folders
         try:
             leftover.rmdir()
         except OSError:  # not empty: a killed run's half-written files, or another run at work
             pass
     return result
+
+
+def _typed(exc: Exception) -> Exception:
+    """The project's typed error behind a Ray task error (a bad target, method or model), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, XAIRecipesError) else exc
 
 
 def cli_explain(args: "argparse.Namespace") -> int:

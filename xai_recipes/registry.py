@@ -28,7 +28,14 @@ from .recipe import Recipe
 ENTRY_POINT_GROUP = "xai_recipes"
 #: Seconds a plugin's import may take before it is reported as broken and skipped (environment variable
 #: ``XAI_RECIPES_PLUGIN_TIMEOUT``). The built-ins import grad-cam and torchvision: seconds on a loaded machine.
-IMPORT_TIMEOUT = float(os.environ.get("XAI_RECIPES_PLUGIN_TIMEOUT", "120"))
+def _timeout_from_env(default: float = 120.0) -> float:
+    try:
+        return float(os.environ.get("XAI_RECIPES_PLUGIN_TIMEOUT", default))
+    except ValueError:
+        return default
+
+
+IMPORT_TIMEOUT = _timeout_from_env()
 
 
 class _ImportTimeout(Exception):

@@ -8,7 +8,7 @@ Everything runs in this one process, on this machine (or, with ``--address``, on
   model       ``demo`` (default): the bundled real EfficientNet-Lite0 (ImageNet, 224 px,
               ``xai_recipes.demo.build_demo_model``); ``resnet``: the trained tiny ResNet of
               ``tests/trained/resnet`` (64 px). Both loaded by folder, as a cluster would.
-  images      ``--images`` synthetic photos-like images (``tests/synthetic.make_set``, 160×213 and
+  images      ``--images`` synthetic images (``tests/synthetic.make_set``, 160×213 and
               200×200 px) written as JPEG files to a temporary folder: both paths read and decode
               the same files.
   single      ``explain(folder, files, batch_size=B)``, the whole generator consumed, after one
@@ -23,7 +23,8 @@ Everything runs in this one process, on this machine (or, with ``--address``, on
               (``Dataset.stats()``: rows over the time from its first task's start to its last
               task's end), the rate a long job settles at.
 
-Printed: one row per path with images/s and the ratio to the single-process path.
+Printed: one row per path with images/s and its ratio to the single-process path (all threads),
+and to the single process on one thread (a like-for-like per core comparison with one actor).
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ def main() -> None:
                 rows.append((f"ray, {actors} actor(s), actors at work", float(busy.group(1)), "without actor startup"))
         ray.shutdown()
 
-    print(f"{'path':34} {'images/s':>9} {'× single':>9}")
+    one = next((rate for name, rate, _ in rows if name == "single process, 1 thread"), None)
+    print(f"{'path':34} {'images/s':>9} {'× single':>9}" + (f" {'× 1 thread':>10}" if one else ""))
     for name, rate, note in rows:
-        print(f"{name:34} {rate:9.2f} {rate / single:9.2f}" + (f"   ({note})" if note else ""))
+        print(f"{name:34} {rate:9.2f} {rate / single:9.2f}" + (f" {rate / one:10.2f}" if one else "")
+              + (f"   ({note})" if note else ""))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     DatasetError,
+    ExplanationFileError,
     GeometryError,
     ImageError,
     ImageSkippedWarning,
     MethodNotApplicableError,
+    ModelOutputError,
     ModelLoadError,
     NoRecipeError,
     NotAnImageClassifierError,
@@ -81,6 +83,6 @@ __all__ = [
     "load_annotations", "parameter_randomisation", "SanityReport", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "stage_grid", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
-    "XAIRecipesError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
+    "XAIRecipesError", "ExplanationFileError", "ModelOutputError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
 ]

@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image
 
 from . import render
-from .errors import XAIRecipesError
 from .geometry import Geometry
 
 FORMAT = "xai-recipes.explanation/1"

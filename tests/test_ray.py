@@ -171,3 +171,54 @@ def test_the_core_does_not_import_ray():
     code = "import sys, xai_recipes; xai_recipes.explain; from xai_recipes import cli; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+KILLED_RUN = """
+import logging, sys
+import ray
+from xai_recipes.ray import explain_dataset
+ray.init(num_cpus=1, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False,
+         logging_level=logging.WARNING)
+ray.data.DataContext.get_current().enable_progress_bars = False
+explain_dataset(sys.argv[1], sys.argv[2], batch_size=1, concurrency=1, output=sys.argv[3]).take_all()
+"""
+
+
+def test_a_really_killed_run_resumes_without_explaining_written_images_again(local_ray, tmp_path):
+    """A separate process runs the job on its own Ray; it and every process its Ray started are SIGKILLed once
+    some images are written; the rerun explains only the rest and leaves the written files untouched."""
+    import contextlib
+    import time
+
+    import psutil
+
+    from xai_recipes.ray import explain_dataset, is_written, output_base
+
+    folder, out = tmp_path / "many", tmp_path / "out"
+    folder.mkdir()
+    for i, s in enumerate(make_set(9, 300, [(64, 64)])):
+        Image.fromarray(s.image).save(folder / f"img{i:03d}.png")
+    files = _files(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own Ray, not this module's
+    job = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(folder), MODEL, str(out)], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while sum(is_written(f, out, folder) for f in files) < 3 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.05)
+    finally:  # the driver and every process its Ray started (GCS, raylet, the actor's worker), as a crash would
+        tree = [job_process := psutil.Process(job.pid), *job_process.children(recursive=True)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(tree, timeout=30)
+        job.wait()
+    written = [f for f in files if is_written(f, out, folder)]
+    assert written, f"the job wrote nothing before it was killed: {job.stderr.read().decode()[-2000:]}"
+    assert 3 <= len(written) < len(files), f"{len(written)} of {len(files)} written when the job was killed"
+    stamps = {f: os.stat(str(output_base(f, out, folder)) + ".json").st_mtime_ns for f in written}
+
+    rerun = explain_dataset(str(folder), MODEL, batch_size=16, concurrency=1, output=out).take_all()
+    assert sorted(r["source"] for r in rerun) == sorted(set(files) - set(written))
+    assert {f: os.stat(str(output_base(f, out, folder)) + ".json").st_mtime_ns for f in written} == stamps
+    assert all(is_written(f, out, folder) for f in files)

@@ -82,9 +82,9 @@ def gradcam_hits(model, processor, recipe) -> tuple[float, float]:
 
 
 #: Measured on the trained three-stage models (share of GradCAM peaks on the object, 60 held-out
-#: images), last stage (4×4) → chosen stage (8×8): PVT-v2 0.13 → 0.52, Swin 0.27 → 0.43, PoolFormer
-#: 0.53 → 0.68 (right at the +0.15 criterion), ConvNeXt below. (A three-stage SegFormer did not train:
-#: it stayed at chance at lr 2e-3; the two-stage one's 16×16 stage gives 0.18 against 0.10.)
+#: images), last stage (4×4) → chosen stage (8×8): SegFormer 0.03 → 0.43, PVT-v2 0.13 → 0.52, Swin
+#: 0.27 → 0.43, PoolFormer 0.53 → 0.68 (right at the +0.15 criterion), ConvNeXt below. (The three-stage
+#: SegFormer trains at lr 5e-4; at 2e-3 it stayed at chance.)
 NOT_BETTER = {
     "convnext_s16": "last stage 0.25 → chosen 0.35 (+0.10): ConvNeXt's 7×7 depthwise convs span the whole 8×8 grid, so "
                     "its stride-8 stage already mixes globally; the 16×16 stage reaches 0.48, below the 7-cell rule",

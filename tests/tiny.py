@@ -21,7 +21,7 @@ TIMM = ("timm_vit_reg",)
 #: Three-stage versions of the hierarchical families, trained at 64 px like the rest: their last stage is
 #: at stride 16 (4×4 at 64 px, as a published four-stage model's at 128 px) and the stage before it 8×8;
 #: they test the resolution-aware choice of layer (tests/test_layers.py).
-STRIDE16 = ("convnext_s16", "swin_s16", "pvt_v2_s16", "poolformer_s16")
+STRIDE16 = ("convnext_s16", "swin_s16", "segformer_s16", "pvt_v2_s16", "poolformer_s16")
 
 _LABELS = {"id2label": dict(enumerate(SHAPES)), "label2id": {s: i for i, s in enumerate(SHAPES)}}
 _CROP = {"size": {"shortest_edge": 64}, "crop_pct": 0.875}  # microsoft/resnet-50-style resize + crop

@@ -102,6 +102,19 @@ def trained(family: str) -> Callable[[], Example | None]:
     return build
 
 
+def trained_or(family: str, what: str, fallback: Callable[[], Example]) -> Callable[[], Example]:
+    """``what`` (a markdown noun phrase) trained on the synthetic task, saved under ``tests/trained/<family>``;
+    ``fallback``'s tiny random model where that folder is missing."""
+    def build() -> Example:
+        folder = TRAINED / family
+        if not (folder / "config.json").is_file():
+            return fallback()
+        return Example(folder, example_image(),
+                       f"{what} (`tests/trained/{family}`, 4 classes: disc, square, triangle, cross), on the bundled example "
+                       f"image (a {EXAMPLE_LABEL} on grey clutter)", target=[EXAMPLE_LABEL, SECOND_TARGET])
+    return build
+
+
 def demo_efficientnet() -> Example:
     import numpy as np
     from PIL import Image
@@ -187,14 +200,30 @@ def random_siglip2() -> Example:
                    processor=Siglip2ImageProcessor(patch_size=8, max_num_patches=64))
 
 
+def random_dinov2() -> Example:
+    """As in tests/tiny_archs.py: a random DINOv2 image classifier, with a ViT-style processor at 64×64."""
+    from transformers import ViTImageProcessor
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_archs
+
+    return Example(tiny_archs.tiny_model("dinov2"), example_image(),
+                   f"a tiny DINOv2 image classifier ({RANDOM}), on the bundled example image",
+                   processor=ViTImageProcessor(size={"height": 64, "width": 64}))
+
+
 #: recipe name → example-model builder (returns None when its model is not available)
 EXAMPLES: dict[str, Callable[[], Example | None]] = {
     **{family: trained(family) for family in TRAINED_FAMILIES},
     "timm_wrapper": demo_efficientnet,
-    "timm_vit": random_timm_vit,
+    "timm_vit": trained_or("timm_vit_cls", "the tiny timm ViT with a CLS token, 4 register tokens and a token-pooling "
+                           "head trained on the synthetic shapes task", random_timm_vit),
     "timm_vit_gap": timm_vit_gap,
-    "dino_gam": random_gam,
-    "siglip2": random_siglip2,
+    "dinov2": trained_or("dinov2", "the tiny DINOv2 image classifier trained on the synthetic shapes task", random_dinov2),
+    "dino_gam": trained_or("dino_gam", "a DINO-style GAM: a logistic-regression head fitted on the patch tokens of the "
+                           "tiny DINOv2 trained on the synthetic shapes task (`tests/trained/dinov2`, frozen)", random_gam),
+    "siglip2": trained_or("siglip2", "the tiny SigLIP 2 image classifier trained on the synthetic shapes task with its "
+                          "own NaFlex processor (patch 8, at most 64 patches)", random_siglip2),
 }
 
 

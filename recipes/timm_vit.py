@@ -59,7 +59,10 @@ CLS_TOKEN = Recipe(
     pooling="cls",
     matches=is_vit("token"),
     attention=attention((0,)),
-    default_method="gradient-rollout",  # as for HF ViT (same CLS readout); no trained timm CLS model measured
+    # trained CLS + reg4 test model (tests/trained/timm_vit_cls), share of peaks on the object in 60 held-out images:
+    # gradient-rollout 0.68, legrad 0.73, attention 0.72, rollout 0.68, gradcam 0.53, hirescam 0.52, gradcam++ 0.47;
+    # gallery quality table (24 images): gradient-rollout energy 0.53 (legrad 0.25), insertion 0.90 (0.87)
+    default_method="gradient-rollout",
     description="timm ViT (CLS head): last block's norm1, CLS/register tokens dropped, grid from the patch embed.",
     **COMMON,
 )

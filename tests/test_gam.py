@@ -81,6 +81,20 @@ def test_saved_gam_is_safetensors_and_json_and_loads_by_folder(tmp_path):
     assert xai_recipes.describe(tmp_path / "gam").target_layers == ["tokens"]
 
 
+def test_a_relative_backbone_folder_is_found_beside_the_gam_from_any_working_directory(tmp_path, monkeypatch):
+    """config.json's backbone "../backbone": the GAM and its backbone move together (tests/trained/dino_gam)."""
+    backbone = vit_backbone()
+    backbone.save_pretrained(tmp_path / "models" / "backbone")
+    PROCESSOR.save_pretrained(tmp_path / "models" / "backbone")
+    gam = random_gam(str(tmp_path / "models" / "backbone"))
+    gam.config.backbone = "../backbone"
+    gam.save_pretrained(tmp_path / "models" / "gam")
+    monkeypatch.chdir(tmp_path)  # "../backbone" from here does not exist
+    exp = explain(tmp_path / "models" / "gam", IMAGE, method="patch-contributions", target="dog")
+    np.testing.assert_allclose(exp.contributions, explain(gam, IMAGE, method="patch-contributions", target="dog").contributions,
+                               atol=1e-6)
+
+
 def test_head_width_must_match_the_backbone():
     with pytest.raises(RecipeError, match="expects 16-wide patch embeddings"):
         xai_recipes.gam_from_head(vit_backbone(), torch.zeros(2, 16), torch.zeros(2), ["a", "b"], processor=PROCESSOR)

@@ -38,7 +38,7 @@ Those cases are strict xfails with the numbers, so an improvement shows up as a 
 import numpy as np
 import pytest
 from synthetic import make_set
-from tiny import DERIVED, FAMILIES, TIMM
+from tiny import DERIVED, FAMILIES, RECIPE_FAMILIES, TIMM
 
 from xai_recipes import explain
 
@@ -50,7 +50,12 @@ NOT_LOCALISED = {
     "cvt": "0.35: CLS-token last stage; GradCAM ignores the CLS attention, the class is on every token",
     "convnext": "0.72: peaks on the object's edges or a halo around it (0.87 within 4 px); 0.23 at stride 8",
     "segformer": "0.10: every block attends globally; the class code sits on background tokens",
+    "dinov2": "0.38: CLS + patch-mean head; as for ViT, the class is on every token (its CLS attention: 0.73)",
+    "siglip2": "0.17: mean-pooled tokens after global attention; the class is on every token (gradient rollout: 0.88)",
+    "dino_gam": "0.22: a GAM on the trained DINOv2's tokens, which carry the class everywhere (patch contributions 0.25)",
 }
+#: Hand-written recipes without a tutorial model, and the GAM on the trained DINOv2 (tests/trained/dino_gam).
+MORE = (*RECIPE_FAMILIES, "dino_gam")
 
 
 def peak_in_box(heatmap: np.ndarray, box: tuple[int, int, int, int]) -> bool:
@@ -91,10 +96,11 @@ DERIVED_NOT_LOCALISED = {
     "mobilenet_v2": "0.08 at the derived layer (conv_1x1 after dilated stride-8 stages): at chance",
     "timm_vit_reg": "0.60: registers + GAP head; the class still spreads over the patch tokens",
     "deit": "0.52: CLS + distillation tokens; as for ViT, GradCAM ignores the CLS attention (attention 0.75)",
+    "timm_vit_cls": "0.53: CLS + registers, token head; as for ViT, GradCAM ignores the CLS attention (attention 0.72)",
 }
 
 
-@pytest.mark.parametrize("family", params(FAMILIES, NOT_LOCALISED) + params(DERIVED + TIMM, DERIVED_NOT_LOCALISED))
+@pytest.mark.parametrize("family", params(FAMILIES + MORE, NOT_LOCALISED) + params(DERIVED + TIMM, DERIVED_NOT_LOCALISED))
 def test_gradcam_peak_lies_on_the_object(family, trained_dir):
     accuracy, hits, random_hits = localisation(family, "gradcam", trained_dir)
     assert accuracy >= 0.9, f"{family}: the trained model itself is wrong ({accuracy:.2f})"
@@ -142,14 +148,17 @@ DEFAULT_NOT_BETTER = {
               "attention each token receives in the last stage marks the object better than any class-specific map",
     "cvt": "default gradcam++ 0.42 vs GradCAM 0.35: CvT's last-stage CLS attention (keys reduced 2×, 4×4 here) peaks "
            "on the object in 0.17 of images, LeGrad 0.28, so no attention method reads the evidence better",
+    "dinov2": "default gradient-rollout 0.70 (GradCAM 0.38) vs legrad 0.82 on this tiny supervised model; kept: on the "
+              "real ViT-S/14 + probe (test_real_dinov2) LeGrad spreads over the image (0.83× / 1.67× vs 1.50× / 4.64×) "
+              "and in the gallery's quality table gradient rollout's energy is 0.48 against LeGrad's 0.24",
 }
 
 
 #: Families with attention: their default must also beat GradCAM by 0.15 (the attention issue's criterion).
-ATTENTION_FAMILIES = ("vit", "deit", "cvt", "timm_vit_reg", "segformer", "pvt_v2")
+ATTENTION_FAMILIES = ("vit", "deit", "cvt", "timm_vit_reg", "segformer", "pvt_v2", "timm_vit_cls", "dinov2", "siglip2")
 
 
-DEFAULT_CHECKED = (*FAMILIES, "deit", "timm_vit_reg", "pvt_v2", "bit", "hgnet_v2", "pp_lcnet")
+DEFAULT_CHECKED = (*FAMILIES, "deit", "timm_vit_reg", "pvt_v2", "bit", "hgnet_v2", "pp_lcnet", "timm_vit_cls", *MORE)
 
 
 @pytest.mark.parametrize("family", params(DEFAULT_CHECKED, DEFAULT_NOT_BETTER))
@@ -164,7 +173,11 @@ def test_default_method_is_the_best_localising_and_beats_gradcam(family, trained
     8×8 grid; DeiT (derived recipe) gradcam 0.52, hirescam 0.70, attention 0.75, rollout 0.62,
     gradient-rollout 0.73 (default), legrad 0.63 (its last CLS attention's best patch is within half a
     patch of the box in 60/60 images: the 8-pixel patches are coarse beside 14–22 px objects); timm ViT reg4-GAP gradcam 0.60, attention 0.52, rollout 0.73, gradient-rollout 0.70,
-    legrad 0.78 (default); SegFormer gradcam 0.10, legrad 0.33 (default); CvT above."""
+    legrad 0.78 (default); SegFormer gradcam 0.10, legrad 0.33 (default); CvT above; timm ViT CLS + reg4 gradcam
+    0.53, hirescam 0.52, gradcam++ 0.47, attention 0.72, rollout 0.68, gradient-rollout 0.68 (default: exactly
+    MARGIN below legrad 0.73 and GradCAM + 0.15, one image either way flips it); SigLIP 2 gradcam 0.17, hirescam
+    0.17, gradcam++ 0.25, attention 0.80, rollout 0.87, gradient-rollout 0.88 (default), legrad 0.48; DINO-GAM on
+    the tiny DINOv2 gradcam 0.22, hirescam 0.22, gradcam++ 0.45 (default); DINOv2 above."""
     import xai_recipes
     from xai_recipes.loading import load
 

@@ -50,3 +50,18 @@ def test_an_input_off_the_patch_grid_is_refused_with_the_fix(model):
 
     with pytest.raises(RecipeError, match="not a multiple of the patch size 8.*Siglip2ImageProcessor"):
         explain(model, np.zeros((70, 70, 3), np.uint8), processor=ViTImageProcessor(size={"height": 60, "width": 60}))
+
+
+def test_attention_methods_read_its_layers_and_legrads_score_is_its_own_head(model):
+    """The recipe's attention: each encoder layer's probabilities over the patch tokens (no prefix, no readout);
+    LeGrad's score on the last layer's output tokens is the model's own post_layernorm + mean + classifier."""
+    photo = np.random.default_rng(2).integers(0, 256, (70, 110, 3), dtype=np.uint8)
+    recipe = xai_recipes.find_recipe(model)
+    inputs = recipe.model_inputs(model, recipe.image_tensor(PROCESSOR(images=photo, return_tensors="pt")))
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        torch.testing.assert_close(recipe.attention.score(model)(out.hidden_states[-1]), out.logits, atol=1e-5, rtol=1e-5)
+    for method in ("attention", "rollout", "gradient-rollout", "legrad"):
+        exp = explain(model, photo, processor=PROCESSOR, method=method, top_k=2)
+        assert exp.method == method and exp.heatmaps.shape == (2, 70, 110) and np.isfinite(exp.heatmaps).all()
+        assert exp.heatmaps[0].std() > 1e-3

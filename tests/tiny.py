@@ -17,7 +17,10 @@ from synthetic import SHAPES
 FAMILIES = ("resnet", "regnet", "convnext", "swin", "vit", "cvt", "segformer", "mobilevit")
 #: Architectures with no hand-written recipe (explained by a derived one), and a timm ViT with registers.
 DERIVED = ("efficientnet", "poolformer", "pvt_v2", "bit", "mobilenet_v2", "textnet", "hgnet_v2", "pp_lcnet", "deit")
-TIMM = ("timm_vit_reg",)
+TIMM = ("timm_vit_reg", "timm_vit_cls")
+#: Hand-written recipes with no tutorial model: DINOv2 (CLS + patch-mean head) and SigLIP 2 (NaFlex patches, mean-pooled).
+#: ``dino_gam`` (tests/trained/dino_gam) is no trained network: a GAM head fitted on the trained DINOv2's patch tokens.
+RECIPE_FAMILIES = ("dinov2", "siglip2")
 #: Three-stage versions of the hierarchical families, trained at 64 px like the rest: their last stage is
 #: at stride 16 (4×4 at 64 px, as a published four-stage model's at 128 px) and the stage before it 8×8;
 #: they test the resolution-aware choice of layer (tests/test_layers.py).
@@ -40,6 +43,14 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         return T.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, **_LABELS)
     if family == "vit":
         return T.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, **_LABELS)
+    if family == "dinov2":  # the ViT's size; head on concat(CLS, patch mean); layer scale 1, no registers
+        return T.Dinov2Config(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2,
+                              **_LABELS)
+    if family == "siglip2":  # the ViT's size; no CLS, mean-pooled post_layernorm tokens (the MAP head is unused: dropped)
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, patch_size=8, num_patches=64,
+                      vision_use_head=False)
+        # text tower: never built for the classifier; its vocabulary covers the default bos/eos ids (49406, 49407)
+        return T.Siglip2Config(vision_config=vision, text_config=dict(vocab_size=49408), **_LABELS)
     if family == "deit":  # the ViT's size; CLS + distillation token (2 prefix tokens), classifier on CLS.
         # `architectures` names the class: DeiT maps to two, and transformers 5.24's from_config fails on None
         return T.DeiTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -124,12 +135,25 @@ def tiny_timm_vit_reg():
     return xai_recipes.wrap_timm_model(vit, labels=list(SHAPES))
 
 
+def tiny_timm_vit_cls():
+    """As :func:`tiny_timm_vit_reg`, with a CLS token read by the head (``global_pool="token"``): the ``timm_vit`` recipe."""
+    import timm
+
+    import xai_recipes
+
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=64, depth=3,
+                            num_heads=4, reg_tokens=4, global_pool="token", class_token=True, num_classes=len(SHAPES))
+    return xai_recipes.wrap_timm_model(vit, labels=list(SHAPES))
+
+
 def tiny_processor(family: str):
     family = family.removesuffix("_s16")
     if family in ("resnet", "regnet", "convnext", "cvt"):
         return T.ConvNextImageProcessor(**_CROP)
-    if family in ("swin", "vit"):
+    if family in ("swin", "vit", "dinov2"):
         return T.ViTImageProcessor(size={"height": 64, "width": 64})
+    if family == "siglip2":  # NaFlex: aspect-preserving resize to at most 64 patches of 8 px, padded to 64
+        return T.Siglip2ImageProcessor(patch_size=8, max_num_patches=64)
     if family == "deit":  # facebook/deit-*-style: resize to a square, centre crop
         return T.DeiTImageProcessor(size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64})
     if family == "segformer":

@@ -34,7 +34,8 @@ HEAD_FILE = "head.safetensors"
 
 
 class DinoGAMConfig(PretrainedConfig):
-    """``backbone``: hub id or folder of the frozen backbone; ``pooling``: ``"mean"`` or ``"sum"``."""
+    """``backbone``: hub id or folder of the frozen backbone (a relative folder is looked up beside the GAM's
+    own folder first, e.g. ``"../dinov2"``, so the two can move together); ``pooling``: ``"mean"`` or ``"sum"``."""
 
     model_type = MODEL_TYPE
 
@@ -107,7 +108,7 @@ class DinoGAMForImageClassification(nn.Module):
             raise ModelLoadError(f"{folder} is not a saved GAM (config.json + {HEAD_FILE}), or a file of it is truncated "
                                  f"or corrupt ({type(exc).__name__}: {exc}); save it again with save_pretrained()") from None
         _check_head(head, config, folder / HEAD_FILE)
-        backbone = load_backbone(config.backbone, trust_remote_code)
+        backbone = load_backbone(_beside(folder, config.backbone), trust_remote_code)
         try:
             processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - a missing or hostile preprocessor_config.json
@@ -119,6 +120,13 @@ class DinoGAMForImageClassification(nn.Module):
         model.shift.copy_(head.get("shift", model.shift))
         model.scale.copy_(head.get("scale", model.scale))
         return model.eval()
+
+
+def _beside(folder: Path, ref: str) -> str:
+    """A relative backbone folder that exists relative to the GAM's folder, resolved there; else ``ref`` as it is."""
+    if ref and not Path(ref).is_absolute() and (folder / ref).is_dir():
+        return str((folder / ref).resolve())
+    return ref
 
 
 def _check_head(head: dict[str, torch.Tensor], config: DinoGAMConfig, path: Path) -> None:

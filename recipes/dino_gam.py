@@ -24,9 +24,8 @@ RECIPE = Recipe(
     pooling="mean",
     # GAM fitted on the trained tiny DINOv2's patch tokens (tests/trained/dino_gam), peaks on the object in 60
     # held-out images: gradcam++ 0.45, gradcam 0.22, hirescam 0.22 (patch-contributions 0.25: that backbone spreads
-    # the class over every token); gallery quality table (24 images), gradcam++ vs gradcam: pointing 0.75 / 0.54,
-    # energy 0.22 / 0.05, deletion 0.48 / 0.71, insertion 0.52 / 0.30. On a GAM over the trained ResNet's map
-    # (tests/test_gam.py's) all three reach 1.00 (40 images).
+    # the class over every token; all metrics: its gallery page's quality table). On a GAM over the trained
+    # ResNet's map (tests/test_gam.py's) all three reach 1.00 (40 images).
     default_method="gradcam++",
     description="Patch-embedding GAM: backbone patch tokens (prefix tokens counted off), linear head; exact patch contributions.",
 )

@@ -59,8 +59,8 @@ RECIPE = Recipe(
     # real ViT-S/14 + fitted probe (tests/test_real_dinov2.py), mass on the object ÷ its area share:
     # gradient-rollout 1.50 / 4.64, CLS attention 1.95 / 4.28 (class-agnostic), rollout 0.86 / 3.11, legrad 0.83 / 1.67.
     # Trained tiny test model (tests/trained/dinov2, supervised end to end), peaks on the object in 60 held-out images:
-    # legrad 0.82, attention 0.73, gradient-rollout 0.70, rollout 0.60, hirescam 0.57, gradcam 0.38; its gallery
-    # quality table (24 images): gradient-rollout energy 0.48 (legrad 0.24), both pointing 1.00. The real model decides.
+    # legrad 0.82, attention 0.73, gradient-rollout 0.70, rollout 0.60, hirescam 0.57, gradcam 0.38 (all metrics: its
+    # gallery page's quality table). The real model decides: gradient rollout, not LeGrad, finds its object.
     default_method="gradient-rollout",
     description="DINOv2 (± registers): last block's norm1, CLS + registers dropped, grid = input // patch_size.",
 )

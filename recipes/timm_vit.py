@@ -60,8 +60,8 @@ CLS_TOKEN = Recipe(
     matches=is_vit("token"),
     attention=attention((0,)),
     # trained CLS + reg4 test model (tests/trained/timm_vit_cls), share of peaks on the object in 60 held-out images:
-    # gradient-rollout 0.68, legrad 0.73, attention 0.72, rollout 0.68, gradcam 0.53, hirescam 0.52, gradcam++ 0.47;
-    # gallery quality table (24 images): gradient-rollout energy 0.53 (legrad 0.25), insertion 0.90 (0.87)
+    # gradient-rollout 0.68, legrad 0.73, attention 0.72, rollout 0.68, gradcam 0.53, hirescam 0.52, gradcam++ 0.47
+    # (all metrics: its gallery page's quality table)
     default_method="gradient-rollout",
     description="timm ViT (CLS head): last block's norm1, CLS/register tokens dropped, grid from the patch embed.",
     **COMMON,

@@ -1,6 +1,7 @@
 """What ``xai_recipes.evaluate()`` costs per image, metric by metric, next to bare inference.
 
     python benchmarks/bench_evaluate.py [--rounds 3] [--images 8] [--large-rounds 3] [--large-images 1] [--threads N]
+                                        [--device cpu|cuda]
     python benchmarks/bench_evaluate.py --small      # the two tiny models, 3 images: a smoke run
 
 Everything timed runs in this one process, on three models:
@@ -49,7 +50,9 @@ both sides of a ratio alike. Fast operations are repeated within a measurement (
 lasts ≥ ~50 ms) and their mean is taken. Times shown are medians over rounds; ratios are medians
 over rounds of same-round ratios. ResNet-50's ROAD and deletion/insertion take seconds per image
 on a CPU, hence its own ``--large-images`` (default 1) and ``--large-rounds``. Torch threads are
-left as the machine sets them unless ``--threads`` is given.
+left as the machine sets them unless ``--threads`` is given. ``--device cuda`` puts the models (and
+every timed tensor) on the GPU and synchronises it around each timed call: the batched-forward target
+is meant for an accelerator, where a batch of 17 small images costs about one forward.
 """
 
 from __future__ import annotations
@@ -98,18 +101,18 @@ MIN_MEASURE_S = 0.05  # fast operations are repeated until a measurement lasts a
 class Subject:
     """One model with its processor, recipe and annotated images."""
 
-    def __init__(self, name: str, n_images: int) -> None:
-        self.name = name
+    def __init__(self, name: str, n_images: int, device: torch.device) -> None:
+        self.name, self.device = name, device
         samples = make_set(seed=2024, n=n_images, sizes=[(72, 96), (80, 80)])
         if name == "resnet50":
             torch.manual_seed(0)
-            self.model = ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval()
+            self.model = ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval().to(device)
             self.processor = ConvNextImageProcessor(size={"shortest_edge": 224})
             self.about = "random init, 1000 labels, 224 px"
             labels = [0] * len(samples)
         else:
             folder = ROOT / "tests" / "trained" / name
-            self.model = AutoModelForImageClassification.from_pretrained(folder).eval()
+            self.model = AutoModelForImageClassification.from_pretrained(folder).eval().to(device)
             self.processor = AutoImageProcessor.from_pretrained(folder)
             self.about = f"tiny, trained, {len(self.model.config.id2label)} labels, 64 px"
             labels = [s.label for s in samples]
@@ -129,12 +132,12 @@ class Subject:
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         """As ``probabilities`` does: the processor per image, concatenated."""
         return torch.cat([self.recipe.image_tensor(self.processor(images=Image.fromarray(im), return_tensors="pt"))
-                          for im in images])
+                          for im in images]).to(self.device)
 
     # ---- the operations (each over all of ``data`` unless said otherwise)
     def bare(self, data: list[Annotated]) -> None:
         for d in data:
-            x = self.processor(images=d.image, return_tensors="pt")["pixel_values"]
+            x = self.processor(images=d.image, return_tensors="pt")["pixel_values"].to(self.device)
             with torch.inference_mode():
                 self.model(pixel_values=x)
 
@@ -182,11 +185,16 @@ class Counter:
 # Timing
 
 
+SYNC: Callable[[], None] = lambda: None  # torch.cuda.synchronize with --device cuda
+
+
 def timed(fn: Callable[[], Any], reps: int = 1) -> float:
-    """Mean wall time of ``reps`` calls."""
+    """Mean wall time of ``reps`` calls (the device's queued work finished on both sides)."""
+    SYNC()
     start = time.perf_counter()
     for _ in range(reps):
         fn()
+    SYNC()
     return (time.perf_counter() - start) / reps
 
 
@@ -335,7 +343,12 @@ def main() -> None:
     ap.add_argument("--large-images", type=int, default=1, help="images for ResNet-50 (default 1)")
     ap.add_argument("--small", action="store_true", help="only the tiny models, 3 images: a smoke run")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the machine's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     args = ap.parse_args()
+    global SYNC
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        SYNC = lambda: torch.cuda.synchronize(device)  # noqa: E731
     rounds = args.rounds or 3
     images = args.images or (3 if args.small else 8)
     if args.threads:
@@ -347,13 +360,14 @@ def main() -> None:
     models = ", ".join(f"{m} ({plural(n, 'image')}, {plural(r, 'round')})" for m, n, r in plan)
     print(f"xai_recipes evaluate() benchmark: method {METHOD!r}, metrics {', '.join(METRICS)}; steps {STEPS}; "
           f"models {models}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu; 1 census/warm-up pass + rounds; "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}; 1 census/warm-up pass + rounds; "
           f"load average {load_average()}")
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: other processes are using the CPU; timings may be noisy (--threads 1 is steadier then)")
     results = []
     for name, n, r in plan:
-        s = Subject(name, n)
+        s = Subject(name, n, device)
         forwards, reps, info = census(s)
         results.append((s, measure(s, r, reps), forwards, info))
     print("=" * W)

@@ -56,7 +56,6 @@ QUALITY_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "attention", 
 QUALITY_METRICS = ("pointing", "energy", "deletion", "insertion")  # ROAD's imputation is too slow for every page
 QUALITY: dict[str, dict] = {}  # recipe → its table (default, data, methods × metrics): docs/gallery/quality.json
 QUALITY_JSON = DOCS / "gallery" / "quality.json"
-DEFAULT_MARGIN = 0.05  # a recipe's default may localise this much below its table's best (as in tests/test_localisation.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,24 +90,14 @@ def example_image() -> Path:
     return EXAMPLE_IMAGE
 
 
-def trained(family: str) -> Callable[[], Example | None]:
+def trained(family: str, what: str | None = None,
+            fallback: Callable[[], Example | None] = lambda: None) -> Callable[[], Example | None]:
+    """``what`` (a markdown noun phrase; default "the tiny <family> trained on the synthetic shapes task"),
+    saved under ``tests/trained/<family>``; ``fallback()`` (a tiny random model, or None) where that folder
+    is missing."""
+    what = what or f"the tiny {family} trained on the synthetic shapes task"
+
     def build() -> Example | None:
-        folder = TRAINED / family
-        if not (folder / "config.json").is_file():
-            return None
-        return Example(
-            folder, example_image(),
-            f"the tiny {family} trained on the synthetic shapes task (`tests/trained/{family}`, 4 classes: "
-            f"disc, square, triangle, cross), on the bundled example image (a {EXAMPLE_LABEL} on grey clutter)",
-            target=[EXAMPLE_LABEL, SECOND_TARGET],
-        )
-    return build
-
-
-def trained_or(family: str, what: str, fallback: Callable[[], Example]) -> Callable[[], Example]:
-    """``what`` (a markdown noun phrase) trained on the synthetic task, saved under ``tests/trained/<family>``;
-    ``fallback``'s tiny random model where that folder is missing."""
-    def build() -> Example:
         folder = TRAINED / family
         if not (folder / "config.json").is_file():
             return fallback()
@@ -161,13 +150,7 @@ def random_timm_vit() -> Example:
                    "on the bundled example image", processor=processor)
 
 
-def timm_vit_gap() -> Example:
-    folder = TRAINED / "timm_vit_reg"
-    if (folder / "config.json").is_file():
-        return Example(folder, example_image(),
-                       "the tiny timm ViT with 4 register tokens and a GAP head trained on the synthetic shapes task "
-                       "(`tests/trained/timm_vit_reg`), on the bundled example image",
-                       target=[EXAMPLE_LABEL, SECOND_TARGET])
+def random_timm_vit_gap() -> Example:
     model, processor = tiny_timm_vit(global_pool="avg", class_token=False)
     return Example(model, example_image(), f"a tiny timm ViT with 4 register tokens and a GAP head ({RANDOM}), "
                    "on the bundled example image", processor=processor)
@@ -219,14 +202,15 @@ def random_dinov2() -> Example:
 EXAMPLES: dict[str, Callable[[], Example | None]] = {
     **{family: trained(family) for family in TRAINED_FAMILIES},
     "timm_wrapper": demo_efficientnet,
-    "timm_vit": trained_or("timm_vit_cls", "the tiny timm ViT with a CLS token, 4 register tokens and a token-pooling "
-                           "head trained on the synthetic shapes task", random_timm_vit),
-    "timm_vit_gap": timm_vit_gap,
-    "dinov2": trained_or("dinov2", "the tiny DINOv2 image classifier trained on the synthetic shapes task", random_dinov2),
-    "dino_gam": trained_or("dino_gam", "a DINO-style GAM: a logistic-regression head fitted on the patch tokens of the "
-                           "tiny DINOv2 trained on the synthetic shapes task (`tests/trained/dinov2`, frozen)", random_gam),
-    "siglip2": trained_or("siglip2", "the tiny SigLIP 2 image classifier trained on the synthetic shapes task with its "
-                          "own NaFlex processor (patch 8, at most 64 patches)", random_siglip2),
+    "timm_vit": trained("timm_vit_cls", "the tiny timm ViT with a CLS token, 4 register tokens and a token-pooling "
+                        "head trained on the synthetic shapes task", random_timm_vit),
+    "timm_vit_gap": trained("timm_vit_reg", "the tiny timm ViT with 4 register tokens and a GAP head trained on the "
+                            "synthetic shapes task", random_timm_vit_gap),
+    "dinov2": trained("dinov2", "the tiny DINOv2 image classifier trained on the synthetic shapes task", random_dinov2),
+    "dino_gam": trained("dino_gam", "a DINO-style GAM: a logistic-regression head fitted on the patch tokens of the "
+                        "tiny DINOv2 trained on the synthetic shapes task (`tests/trained/dinov2`, frozen)", random_gam),
+    "siglip2": trained("siglip2", "the tiny SigLIP 2 image classifier trained on the synthetic shapes task with its "
+                       "own NaFlex processor (patch 8, at most 64 patches)", random_siglip2),
 }
 
 
@@ -444,8 +428,8 @@ def quality_section(name: str, example: Example) -> list[str]:
             f"`xai_recipes.evaluate(\"{rel}\", data, methods=[...], tolerance={tolerance})` on {where}. Pointing game "
             f"(the map's peak on the object{f' or within {tolerance} px' if tolerance else ''}) and energy on the object: "
             "higher is better; deletion AUC: lower; insertion AUC: higher (16 steps, blurred baseline). See "
-            "`xai_recipes.evaluation`. The recipe's default must localise within "
-            f"{DEFAULT_MARGIN} of the best method here (`tests/test_gallery.py`).", "",
+            "`xai_recipes.evaluation`. The recipe's default must localise within the margin of "
+            "`tests/test_localisation.py` (`MARGIN`) of the best method here (`tests/test_gallery.py`).", "",
             markdown_table(rows), ""]
 
 

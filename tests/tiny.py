@@ -123,26 +123,21 @@ def _stride16_config(family: str) -> T.PretrainedConfig:
     raise KeyError(family)
 
 
-def tiny_timm_vit_reg():
-    """A timm ViT with 4 register tokens and a GAP head (``vit_*_reg4_gap``-style), wrapped, with
-    timm's own eval transform (resize + centre crop 0.9) as its processor."""
+#: The timm ViTs' heads: 4 register tokens and a GAP head (``vit_*_reg4_gap``-style: the ``timm_vit_gap``
+#: recipe), or a CLS token read by the head as well (the ``timm_vit`` recipe).
+TIMM_HEADS = {"timm_vit_reg": dict(global_pool="avg", class_token=False),
+              "timm_vit_cls": dict(global_pool="token", class_token=True)}
+
+
+def tiny_timm_vit(family: str):
+    """The timm ViT of ``family`` (:data:`TIMM_HEADS`), wrapped, with timm's own eval transform (resize +
+    centre crop 0.9) as its processor."""
     import timm
 
     import xai_recipes
 
     vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=64, depth=3,
-                            num_heads=4, reg_tokens=4, global_pool="avg", class_token=False, num_classes=len(SHAPES))
-    return xai_recipes.wrap_timm_model(vit, labels=list(SHAPES))
-
-
-def tiny_timm_vit_cls():
-    """As :func:`tiny_timm_vit_reg`, with a CLS token read by the head (``global_pool="token"``): the ``timm_vit`` recipe."""
-    import timm
-
-    import xai_recipes
-
-    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=64, depth=3,
-                            num_heads=4, reg_tokens=4, global_pool="token", class_token=True, num_classes=len(SHAPES))
+                            num_heads=4, reg_tokens=4, num_classes=len(SHAPES), **TIMM_HEADS[family])
     return xai_recipes.wrap_timm_model(vit, labels=list(SHAPES))
 
 

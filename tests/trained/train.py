@@ -20,8 +20,7 @@ import transformers as T
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from synthetic import SHAPES, make_set  # noqa: E402
-from tiny import (DERIVED, FAMILIES, RECIPE_FAMILIES, STRIDE16, TIMM, tiny_config, tiny_processor,  # noqa: E402
-                  tiny_timm_vit_cls, tiny_timm_vit_reg)
+from tiny import DERIVED, FAMILIES, RECIPE_FAMILIES, STRIDE16, TIMM, tiny_config, tiny_processor, tiny_timm_vit  # noqa: E402
 
 from xai_recipes.derive import find_logits  # noqa: E402 - PP-LCNet's logits are in last_hidden_state
 
@@ -48,7 +47,7 @@ def train(family: str, out_root: Path = HERE, n_train: int = 12000, max_steps: i
     batch = BATCH.get(family, 64)
     base = family.removesuffix("_s16")  # the three-stage models train like their family
     if family in TIMM:
-        model, processor = {"timm_vit_reg": tiny_timm_vit_reg, "timm_vit_cls": tiny_timm_vit_cls}[family]()
+        model, processor = tiny_timm_vit(family)
     else:
         processor = tiny_processor(family)
         model = T.AutoModelForImageClassification.from_config(tiny_config(family))

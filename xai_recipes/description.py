@@ -92,7 +92,7 @@ def describe(
         recipe=chosen.name,
         plugin=chosen.plugin,
         description=chosen.description,
-        target_layers=module_names(model, list(target.target_layers(model))),
+        target_layers=[] if target.target_layers is None else module_names(model, list(target.target_layers(model))),
         layer_choice=None if choice is None else choice.reason,
         reshape=_code(chosen.reshape),
         logits=_code(chosen.logits),

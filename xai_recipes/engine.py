@@ -155,6 +155,7 @@ class _Run:
                 contributions=None if result.contributions is None else result.contributions[b],
                 intercepts=None if result.intercepts is None else result.intercepts[b],
                 heads=heads,
+                signed=bool(self.method.signed or result.signed),
             ))
         return results
 

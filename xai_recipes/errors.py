@@ -44,6 +44,11 @@ class MethodNotApplicableError(RecipeError):
     why and which methods apply instead."""
 
 
+class MissingExtraError(MethodNotApplicableError, ImportError):
+    """The method needs an optional dependency that is not installed; the message names the extra
+    to install (e.g. ``pip install "xai-recipes[captum]"``)."""
+
+
 class GeometryError(XAIRecipesError, RuntimeError):
     """The image processor's resize/crop cannot be mapped back to the original image."""
 

@@ -64,13 +64,14 @@ class Explanation:
     source: str | None = None
     geometry: Geometry | None = None
     legend: list[list[tuple[int, str, float]]] | None = None
+    signed: bool = False  # heatmaps in [-1, 1], sign kept (patch contributions, Captum with signed=True)
     contributions: np.ndarray | None = None
     intercepts: list[float] | None = None
     heads: np.ndarray | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed), unlabelled."""
-        if self.contributions is not None:
+        if self.contributions is not None or self.signed:  # diverging: red positive, blue negative
             return render.signed(self.image, self.heatmaps[i], self.coverage, image_weight)
         return render.heat(self.image, self.heatmaps[i], self.coverage, image_weight)
 
@@ -135,6 +136,8 @@ class Explanation:
         info = {k: getattr(self, k) for k in _METADATA}
         info["geometry"] = dataclasses.asdict(self.geometry) if self.geometry else None
         info["captions"] = self.captions()
+        if self.signed:
+            info["signed"] = True
         meta.write_text(json.dumps({"format": FORMAT, "arrays": arrays.name, **info}, indent=1))
         return [arrays, meta]
 
@@ -190,7 +193,8 @@ def load(path: str | os.PathLike) -> Explanation:
     name = info.get("arrays")
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
         raise bad(f"its 'arrays' entry {str(name)[:80]!r} is not the name of a file beside it")
-    arrays = _read_arrays(meta_path.with_name(name), bad)
+    signed = info.get("signed") is True
+    arrays = _read_arrays(meta_path.with_name(name), bad, signed)
     heatmaps = arrays["heatmaps"]
     fields = _check_metadata(info, len(heatmaps), bad)
     geometry = _check_geometry(info.get("geometry"), arrays["image"].shape[:2], bad)
@@ -201,6 +205,7 @@ def load(path: str | os.PathLike) -> Explanation:
         geometry=geometry,
         contributions=arrays.get("contributions"),
         heads=arrays.get("heads"),
+        signed=signed,
         **fields,
     )
 
@@ -209,7 +214,7 @@ _MAX_META_BYTES = 64 * 2**20
 _MAX_MAPS = 4096  # heatmaps (targets, concepts) or attention heads in one explanation
 
 
-def _read_arrays(npz: Path, bad) -> dict[str, np.ndarray]:
+def _read_arrays(npz: Path, bad, signed: bool = False) -> dict[str, np.ndarray]:
     """The arrays of a saved explanation, each header checked (no object dtype, shapes fitting the
     image, sizes within :data:`xai_recipes.images.MAX_PIXELS`) before its data is read."""
     import zipfile
@@ -255,7 +260,7 @@ def _read_arrays(npz: Path, bad) -> dict[str, np.ndarray]:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged zip fails in many ways (BadZipFile, zlib.error, EOFError...)
         raise bad(f"cannot read {npz.name} ({type(exc).__name__}: {exc})") from None
-    low = -1.0 if "contributions" in out else 0.0  # patch contributions: signed maps
+    low = -1.0 if "contributions" in out or signed else 0.0  # patch contributions, signed attributions
     for key in ("heatmaps", "heads", "contributions"):
         if key in out and not np.isfinite(out[key]).all():
             raise bad(f"{npz.name}'s {key!r} holds NaN or infinite values")

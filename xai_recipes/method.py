@@ -65,6 +65,8 @@ class Result:
         legend: per image and map, the classes read from it (DFF's concepts).
         contributions, intercepts: exact per-patch logit contributions ``B×T×h×w`` and ``B×T``.
         heads: ``B×heads×H×W`` per-head maps on the model input (attention).
+        signed: the maps are signed, in [-1, 1] (a method whose sign is an option, e.g. Captum's
+            ``signed=True``; methods that are always signed set :attr:`Method.signed`).
     """
 
     logits: torch.Tensor
@@ -76,6 +78,7 @@ class Result:
     contributions: np.ndarray | None = None
     intercepts: list[list[float]] | None = None
     heads: np.ndarray | None = None
+    signed: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Method:
 
 
 _HINT = {
+    "target_layers": ("a spatial layer the logits depend on; none could be derived for this model: use a method that "
+                      "needs no recipe field, e.g. integrated-gradients or saliency"),
     "head": "the classifier and any norm before it, on pooled features",
     "attention": "where the attention probabilities are: a model without attention layers has none; use gradcam",
 }

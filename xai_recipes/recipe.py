@@ -67,7 +67,8 @@ class Recipe:
     Attributes:
         name: unique recipe name, e.g. ``"vit"``.
         model_types: ``config.model_type`` values this recipe serves.
-        target_layers: ``model -> [module, ...]`` whose outputs CAM methods read.
+        target_layers: ``model -> [module, ...]`` whose outputs CAM methods read; ``None`` for the
+            generic recipe of a model with no spatial layer (only methods needing no recipe field apply).
         reshape: activations (tokens ``B×N×C`` or maps) → ``B×C×h×w``; ``None`` for CNN maps.
             It receives the model and the actual input size, so the grid is never hard-coded.
         logits: tensor-output wrapper, ``model output -> B×num_labels`` logits.
@@ -101,7 +102,7 @@ class Recipe:
 
     name: str
     model_types: tuple[str, ...]
-    target_layers: Callable[[nn.Module], Sequence[nn.Module]]
+    target_layers: Callable[[nn.Module], Sequence[nn.Module]] | None
     reshape: Reshape | None = None
     logits: Callable[[Any], torch.Tensor] = output_logits
     head: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None

@@ -237,6 +237,12 @@ def find_recipe(model: nn.Module, recipe: str | Recipe | None = None, derive: bo
             return derive_recipe(model)
         except NoRecipeError as exc:
             reason = f" No recipe could be derived either: {exc}."
+            from .generic import generic_recipe  # input attributions need no recipe field: logits wrapper only
+
+            try:
+                return generic_recipe(model, str(exc))
+            except NoRecipeError as generic_exc:
+                reason += f" {generic_exc}."
     raise NoRecipeError(
         f"no recipe for model type {model_type!r} ({type(model).__name__}).{reason} Registered recipes: "
         f"{', '.join(list_recipes())}. Pass recipe='<name>' to use one of them anyway, or write a "

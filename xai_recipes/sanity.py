@@ -325,7 +325,7 @@ def parameter_randomisation(
 
     def flat(heatmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
         m = heatmap[mask] if mask.sum() > 1 else heatmap.ravel()
-        return np.abs(m) if chosen_method.signed else m
+        return np.abs(m) if chosen_method.signed or options.get("signed") else m  # signed maps: by magnitude
 
     copied = copy.deepcopy(model)
     try:

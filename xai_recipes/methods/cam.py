@@ -44,10 +44,11 @@ _formula_host: list[nn.Module] = []
 
 
 def grad_cam_class(method: str) -> Any:
-    """The grad-cam class behind ``method`` (e.g. ``pytorch_grad_cam.GradCAM`` for "gradcam")."""
+    """The grad-cam class behind ``method`` (e.g. ``pytorch_grad_cam.GradCAM`` for "gradcam"), or the class
+    named ``method`` itself (e.g. "FEM": the CAMs of :mod:`xai_recipes.methods.gradcam_all`)."""
     import pytorch_grad_cam
 
-    return getattr(pytorch_grad_cam, CLASSES[method])
+    return getattr(pytorch_grad_cam, CLASSES.get(method, method))
 
 
 def _scorecam_weights(wrapped: nn.Module, image: torch.Tensor, maps: torch.Tensor, targets: list[int], batch: int) -> np.ndarray:

@@ -43,7 +43,7 @@ def rows() -> list[dict]:
     from transformers import ViTImageProcessor
 
     import xai_recipes
-    from xai_recipes.engine import module_names
+    from xai_recipes.capture import module_names
 
     out = []
     threads = torch.get_num_threads()

@@ -66,6 +66,26 @@ RECIPE = Recipe(
 )
 
 
+BACKBONE = Recipe(
+    name="dinov2-backbone",
+    model_types=RECIPE.model_types,
+    matches=lambda m: not hasattr(m, "classifier"),  # Dinov2Model: no head, explained through its embedding
+    target_layers=RECIPE.target_layers,
+    reshape=RECIPE.reshape,
+    embedding=lambda output: output.pooler_output,  # the final norm's CLS token
+    attention=Attention(
+        modules=RECIPE.attention.modules,
+        prefix=prefix,
+        readout=(0,),
+        blocks=RECIPE.attention.blocks,
+        embed=lambda m: lambda z: m.base_model.layernorm(z)[:, 0],
+    ),
+    default_method="gradient-rollout",
+    description="DINOv2 backbone (image similarity): the final norm's CLS token as the embedding; layers as the classifier's.",
+)
+
+
 @hookimpl
 def register_recipes(register):
     register(RECIPE)
+    register(BACKBONE)

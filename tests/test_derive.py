@@ -17,7 +17,7 @@ from transformers import (
 import xai_recipes
 from xai_recipes import NoRecipeError, explain
 from xai_recipes.derive import derive
-from xai_recipes.engine import module_names
+from xai_recipes.capture import module_names
 
 PROCESSOR = ViTImageProcessor(size={"height": 64, "width": 96})
 IMAGE = np.random.default_rng(4).integers(0, 256, (70, 90, 3), dtype=np.uint8)

@@ -19,7 +19,7 @@ from tiny import STRIDE16
 
 import xai_recipes
 from xai_recipes import describe, explain
-from xai_recipes.engine import module_names
+from xai_recipes.capture import module_names
 from xai_recipes.layers import MIN_GRID, choose
 from xai_recipes.loading import load
 

@@ -144,6 +144,7 @@ def test_a_third_party_method_is_dispatched_like_a_builtin(fresh):
     import transformers
 
     xai_recipes.register_plugin(importlib.import_module("xai_recipes_builtin.resnet"), name="resnet")
+    xai_recipes.register_plugin(importlib.import_module("xai_recipes.tasks.classification"), name="classification")
     info = xai_recipes.register_plugin(method_plugin("mine", MEAN))
     assert info.error is None and info.methods == ["Mean-Activation"]
     model = tiny_model("resnet")

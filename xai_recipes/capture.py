@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class LogitsModel(nn.Module):
         self.model, self.recipe = model, recipe
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.recipe.logits(self.model(**self.recipe.model_inputs(self.model, pixel_values)))
+        return self.recipe.scores(self.model, pixel_values)
 
 
 @dataclass
@@ -117,3 +118,9 @@ def as_maps(recipe: Recipe, model: nn.Module, tensor: torch.Tensor, input_hw: tu
     if maps.dim() != 4:
         raise RecipeError(f"recipe {recipe.name!r} gives activations of shape {tuple(maps.shape)}, not B×C×h×w")
     return maps
+
+
+def module_names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
+    """Dotted names of ``layers`` inside ``model``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names.get(id(layer), type(layer).__name__) for layer in layers]

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import layers, loading, registry
 from .derive import config_channels, config_input_size
-from .engine import module_names
+from .capture import module_names
 from .modelstate import borrowed
 from .recipe import Recipe
 

@@ -1,4 +1,4 @@
-"""``explain()``: dispatch a model to its recipe and run the requested method on images."""
+"""``explain()``: dispatch a model to its recipe and task, and run the requested method on images."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import layers, loading, registry
+from . import hfdata, layers, loading, registry
 from .errors import ImageError, ImageSkippedWarning, MethodNotApplicableError, ModelOutputError, XAIRecipesError
 from .explanation import Explanation
 from .geometry import Geometry, measure
 from .images import ImageInput, image_files, load_image
+from .capture import module_names
 from .lru import LRU
 from .method import Batch, Method
 from .modelstate import borrowed
 from .recipe import Recipe
-from .targets import Target, resolve_targets
+from .task import Bound, Call, Task
 
 _geometries: LRU = LRU(64)  # measured processor geometries by (processor config, image size)
 
@@ -31,14 +32,8 @@ _geometries: LRU = LRU(64)  # measured processor geometries by (processor config
 OnError = Union[Literal["raise", "warn"], Callable[[str, XAIRecipesError], None]]
 
 
-def module_names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
-    """Dotted names of ``layers`` inside ``model``."""
-    names = {id(m): n for n, m in model.named_modules()}
-    return [names.get(id(layer), type(layer).__name__) for layer in layers]
-
-
 def _is_many(image: Any) -> bool:
-    if isinstance(image, (list, tuple, Iterator)):
+    if isinstance(image, (list, tuple, Iterator)) or hfdata.is_dataset(image):
         return True
     try:
         return isinstance(image, (str, os.PathLike)) and Path(image).is_dir()
@@ -47,7 +42,10 @@ def _is_many(image: Any) -> bool:
 
 
 def _sources(images: Any) -> Iterator[tuple[str, Any]]:
-    """``(source name, image)`` pairs; a folder is listed eagerly so an empty one fails at once."""
+    """``(source name, image)`` pairs; a folder is listed eagerly so an empty one fails at once; a
+    ``datasets.Dataset`` is read in batches (its one ``Image`` column; ``row i`` names the rows)."""
+    if hfdata.is_dataset(images):
+        return hfdata.sources(images)
     if isinstance(images, (str, os.PathLike)):
         files = image_files(images)
         if not files:
@@ -58,14 +56,14 @@ def _sources(images: Any) -> Iterator[tuple[str, Any]]:
 
 @dataclass
 class _Run:
-    """Everything one ``explain()`` call fixes before the first image: model, recipe, method, targets."""
+    """Everything one ``explain()`` call fixes before the first image: model, recipe, task, method, targets."""
 
     model: nn.Module
     processor: Any
-    recipe: Recipe
+    recipe: Recipe  # as found for the model: its image tensor, inputs and geometry
+    task: Task
+    bound: Bound  # the task's scores and targets for this call
     method: Method
-    id2label: dict[int, str]
-    wanted: list[int] | None
     top_k: int
     options: dict[str, Any]
 
@@ -101,13 +99,13 @@ class _Run:
         return out  # type: ignore[return-value]
 
     def choose(self, logits: torch.Tensor) -> list[list[int]]:
-        """The targets per image: the user's, else the ``top_k`` predictions."""
-        if self.wanted:
-            return [list(self.wanted) for _ in range(len(logits))]
-        return logits.float().topk(min(self.top_k, len(self.id2label))).indices.tolist()
+        """The targets per image: the user's, else the ``top_k`` highest scores."""
+        if self.bound.wanted:
+            return [list(self.bound.wanted) for _ in range(len(logits))]
+        return logits.float().topk(min(self.top_k, len(self.bound.labels))).indices.tolist()
 
     def _explain_same_size(self, items: list[tuple[str | None, Image.Image, torch.Tensor]]) -> list[Explanation]:
-        model, recipe, id2label = self.model, self.recipe, self.id2label
+        model, recipe, id2label = self.model, self.bound.recipe, self.bound.labels
         param = next(model.parameters())
         pixel_values = torch.cat([p for _, _, p in items]).to(param.device, param.dtype)
         if "target_layers" in self.method.needs and "head" not in self.method.needs:  # the stage fitting this input
@@ -116,8 +114,8 @@ class _Run:
         logits = result.logits.detach()
         if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
             raise XAIRecipesError(
-                f"recipe {recipe.name!r} gives logits of shape {tuple(logits.shape)} for {len(items)} image(s) but "
-                f"the model has {len(id2label)} labels; the recipe's logits wrapper does not fit this model"
+                f"recipe {recipe.name!r} gives scores of shape {tuple(logits.shape)} for {len(items)} image(s) but "
+                f"task {self.task.name!r} has {len(id2label)} labels; the recipe's logits wrapper does not fit this model"
             )
         bad = ("logits" if not bool(torch.isfinite(logits).all()) else
                "maps" if not all(np.isfinite(np.asarray(m, dtype=np.float32)).all() for m in result.maps) else None)
@@ -128,7 +126,7 @@ class _Run:
                 "hold NaN/inf (check torch.isfinite(p).all() for model.parameters(); re-download or re-export the "
                 "checkpoint) or a layer overflows in this dtype (run it in float32)"
             )
-        probs = logits.float().softmax(-1)
+        probs = self.bound.probabilities(logits).float()
         top5 = probs.topk(min(5, len(id2label)))
         targets = result.targets
         scores = result.scores or [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
@@ -148,6 +146,7 @@ class _Run:
                 predictions=[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])],
                 recipe=recipe.name,
                 method=self.method.name,
+                task=self.task.name,
                 target_layers=layer_names,
                 source=source,
                 geometry=geometry,
@@ -184,21 +183,24 @@ def explain(
     image: ImageInput | Sequence[ImageInput] | Iterator[ImageInput],
     *,
     method: str | Method | None = None,
-    target: Target | Sequence[Target] | None = None,
+    target: Any = None,
     top_k: int = 1,
     processor: Any = None,
     device: str | torch.device | None = None,
     recipe: str | Recipe | None = None,
+    task: str | Task | None = None,
     trust_remote_code: bool = False,
     batch_size: int = 8,
     on_error: OnError = "warn",
     **options: Any,
 ) -> Explanation | Iterator[Explanation]:
-    """Explain an image classifier's decision on one image, or stream explanations of many.
+    """Explain a vision model's output on one image, or stream explanations of many.
 
     Args:
-        model: hub id (``"microsoft/resnet-50"``), local folder, or a loaded
-            ``*ForImageClassification`` model.
+        model: hub id (``"microsoft/resnet-50"``, ``"openai/clip-vit-base-patch32"``), local
+            folder, or a loaded model: a ``*ForImageClassification``, a CLIP / SigLIP
+            (``get_image_features`` + ``get_text_features``), a vision backbone (image similarity),
+            or an ``open_clip`` model.
         image: path, PIL image or ``H×W×C`` array, any mode. A list (or iterator) of those, or
             a folder (searched recursively), gives a generator of explanations instead.
         method: a registered method (``xai-recipes methods``): the CAM family (``"gradcam"``,
@@ -208,19 +210,27 @@ def explain(
             ``"patch-contributions"`` (exact per-patch logit contributions of a linear head).
             ``None``: the recipe's ``default_method``, the best-localising one measured for
             the family.
-        target: label name (case-insensitive, any comma-separated synonym), class index, or a
-            list of them; ``None`` explains the ``top_k`` predictions. (Not used by DFF.)
-        top_k: how many top predictions to explain when ``target`` is None; for DFF, how many
+        target: what to explain, read by the task: for a classifier a label name
+            (case-insensitive, any comma-separated synonym), class index, or a list of them; for a
+            zero-shot model free-text prompts (``"a dog"``) or indices into ``labels``; a
+            reference image (PIL image, array, or a list of them) for image similarity. ``None``
+            explains the ``top_k`` highest scores.
+        top_k: how many top scores to explain when ``target`` is None; for DFF, how many
             classes name each concept in the legend.
-        processor: the image processor (loaded with the model when omitted).
+        processor: the image processor (for zero-shot models a processor with a tokenizer;
+            loaded with the model when omitted).
         device: where to run; a model loaded by name is cached per device.
         recipe: recipe name or object, overriding dispatch by ``config.model_type``.
+        task: a registered task (``xai-recipes tasks``), overriding the one found from the model
+            and target: ``"image-classification"``, ``"zero-shot-image-classification"``,
+            ``"image-feature-extraction"``.
         trust_remote_code: allow models whose code lives on the hub (off by default).
         batch_size: for many images, how many go through the model in one forward pass.
         on_error: for many images, what happens to one that cannot be read or processed:
             ``"warn"`` (an :class:`ImageSkippedWarning`, then skip), ``"raise"``, or a callable
             ``on_error(source, error)`` (then skip).
-        **options: the method's options (``Method.options``), e.g. ``n_components=5`` for DFF,
+        **options: the task's options (``Task.options``: ``labels=``, ``template=`` for zero-shot)
+            and the method's (``Method.options``), e.g. ``n_components=5`` for DFF,
             ``head_fusion="max"`` / ``discard_ratio=0.9`` for rollout, ``layers=4`` for LeGrad.
 
     Returns:
@@ -229,33 +239,44 @@ def explain(
         The user's model is left as it was (train mode, attention implementation, hooks).
     """
     chosen_method = None if method is None else registry.get_method(method)
+    chosen_task = None if task is None else registry.get_task(task)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise XAIRecipesError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
     if on_error not in ("raise", "warn") and not callable(on_error):
         raise XAIRecipesError(f"on_error must be 'raise', 'warn' or a callable, got {on_error!r}")
-    model, processor = loading.load(model, processor, device, trust_remote_code)
+    model, processor = loading.load(model, processor, device, trust_remote_code,
+                                    backbone=chosen_task is not None or _is_image_target(target))
     chosen = registry.find_recipe(model, recipe)
+    chosen_task = registry.find_task(model, chosen, target, chosen_task)
     chosen_method = chosen_method or registry.get_method(chosen.default_method)
-    why_not = chosen_method.why_not(model, chosen)
+    why_not = chosen_task.unsupported.get(chosen_method.name) or chosen_method.why_not(model, chosen)
     if why_not:
         raise MethodNotApplicableError(f"{chosen_method.name} cannot explain this model: {why_not}")
     if not chosen_method.takes_target and target is not None:
         raise XAIRecipesError(f"{chosen_method.name} chooses what it shows itself and takes no target (DFF names its "
                               "concepts by the model's own classes; use top_k for how many classes name each concept)")
+    task_options = {k: options.pop(k) for k in list(options) if k in chosen_task.options}
     unknown = sorted(set(options) - set(chosen_method.options))
     if unknown:
-        raise XAIRecipesError(f"method {chosen_method.name!r} takes no option {', '.join(map(repr, unknown))}; its "
-                              f"options: {', '.join(chosen_method.options) or 'none'}")
+        raise XAIRecipesError(f"method {chosen_method.name!r} (task {chosen_task.name!r}) takes no option "
+                              f"{', '.join(map(repr, unknown))}; its options: {', '.join(chosen_method.options) or 'none'}"
+                              f"; the task's: {', '.join(chosen_task.options) or 'none'}")
     options = {**chosen_method.options, **options}
     if "n_components" in options:
         n = options["n_components"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise XAIRecipesError(f"n_components must be a positive integer, got {n!r}")
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    run = _Run(model, processor, chosen, chosen_method, id2label, resolve_targets(target, id2label), top_k, options)
+    bound = chosen_task.bind(Call(model, processor, chosen, target, {**chosen_task.options, **task_options}))
+    run = _Run(model, processor, chosen, chosen_task, bound, chosen_method, top_k, options)
     if _is_many(image):
         return run.stream(_sources(image), batch_size, on_error)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None
     return run.explain([run.prepare(source, image)])[0]
+
+
+def _is_image_target(target: Any) -> bool:
+    """Whether ``target`` is a reference image (or a list of them): image similarity, not labels."""
+    items = target if isinstance(target, (list, tuple)) else [target]
+    return bool(items) and all(isinstance(t, (Image.Image, np.ndarray, bytes, bytearray)) for t in items)

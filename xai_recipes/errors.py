@@ -67,3 +67,16 @@ class ExplanationFileError(XAIRecipesError, ValueError):
 
 class ImageSkippedWarning(UserWarning):
     """An image of a batch could not be explained and was skipped (the rest go on)."""
+
+
+class UnknownTaskError(XAIRecipesError, ValueError):
+    """The task is not one a registered plugin provides."""
+
+
+class TaskNotApplicableError(NotAnImageClassifierError):
+    """No registered task (or not the named one) can explain this model for this target: a text
+    prompt for a model without a text tower, an image target for a classifier, ..."""
+
+
+class PromptError(XAIRecipesError, ValueError):
+    """A text prompt (or the candidate labels) cannot be used: empty, too long, not text."""

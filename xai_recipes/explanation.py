@@ -19,7 +19,7 @@ from .geometry import Geometry
 
 FORMAT = "xai-recipes.explanation/1"
 _METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source", "legend",
-             "intercepts")
+             "intercepts", "task")
 
 
 def _png(picture: Image.Image) -> bytes:
@@ -49,6 +49,10 @@ class Explanation:
             heatmaps are signed, in [-1, 1] (divided by the largest magnitude).
         heads: ``attention`` only: ``heads×H×W`` maps, one per attention head of the last
             block, each in [0, 1] (``heatmaps`` holds their mean).
+        task: what was explained (``"image-classification"``, ``"zero-shot-image-classification"``:
+            ``labels`` are the prompts and ``scores`` the pipeline's probabilities,
+            ``"image-feature-extraction"``: ``labels`` name the reference images and ``scores``
+            are cosine similarities).
     """
 
     image: Image.Image
@@ -68,6 +72,7 @@ class Explanation:
     contributions: np.ndarray | None = None
     intercepts: list[float] | None = None
     heads: np.ndarray | None = None
+    task: str = "image-classification"
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
         """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed), unlabelled."""
@@ -292,8 +297,10 @@ def _check_metadata(info: dict, n_maps: int, bad) -> dict:
         "source": lambda v: v is None or isinstance(v, str),
         "legend": lambda v: v is None or (isinstance(v, list) and all(isinstance(x, list) and all(map(triple, x)) for x in v)),
         "intercepts": lambda v: v is None or per_map(number)(v),
+        "task": lambda v: isinstance(v, str) and 0 < len(v) <= 100,
     }
     fields = {}
+    info = {"task": "image-classification", **info}  # files written before tasks existed
     for key in _METADATA:
         if key not in info:
             raise bad(f"its metadata lacks {key!r}")

@@ -19,6 +19,7 @@ import pluggy
 
 from .method import Method
 from .recipe import Recipe
+from .task import Task
 
 hookspec = pluggy.HookspecMarker("xai_recipes")
 hookimpl = pluggy.HookimplMarker("xai_recipes")
@@ -55,4 +56,21 @@ def register_methods(register: Callable[[Method], None]) -> None:
 
     Returns nothing. If the hook raises, none of the plugin's recipes or methods is kept: the
     plugin is skipped with a ``RuntimeWarning`` and its error is shown by ``xai-recipes plugins``.
+    """
+
+
+@hookspec
+def register_tasks(register: Callable[[Task], None]) -> None:
+    """Register tasks — *what* is explained — by calling ``register(Task(...))`` once per task.
+
+    Called exactly like :func:`register_recipes` (once per plugin, when it is added), and a plugin
+    may implement it beside the other hooks. The engine picks a model's task by each task's
+    ``check`` in order of ``priority`` (highest first); ``explain(..., task=NAME)`` names one.
+
+    Args:
+        register: call it with each :class:`xai_recipes.Task` the plugin provides. Anything
+            else, or a task name that is already registered, makes the whole plugin fail.
+
+    Returns nothing. If the hook raises, none of the plugin's recipes, methods or tasks is kept:
+    the plugin is skipped with a ``RuntimeWarning`` and its error is shown by ``xai-recipes plugins``.
     """

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capture import LogitsModel, as_maps, first_tensor
+from .capture import LogitsModel, as_maps, first_tensor, module_names
 from .errors import RecipeError
 from .recipe import Recipe
 
@@ -100,8 +100,6 @@ def at_input(model: nn.Module, recipe: Recipe, example: torch.Tensor) -> tuple[R
     size, and that choice; ``(recipe, None)`` for recipes that declare no stages."""
     if recipe.stages is None:
         return recipe, None
-    from .engine import module_names
-
     stages = list(recipe.stages(model))
     grids = stage_grids(model, recipe, example)
     choice = LayerChoice(choose(grids), module_names(model, stages), grids, tuple(example.shape[-2:]))

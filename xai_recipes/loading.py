@@ -1,8 +1,11 @@
-"""Load (and cache) image classifiers and their image processors, safely.
+"""Load (and cache) vision models and their processors, safely.
 
-Safetensors weights only, ``trust_remote_code=False`` unless the caller opts in, and a check
-that the checkpoint really carries a trained classification head: transformers would otherwise
-attach a random head to a backbone and every heatmap would be noise.
+Image classifiers, zero-shot image classifiers (CLIP, SigLIP, ...: loaded with their processor,
+which holds the tokenizer), vision backbones for image similarity (only when the call asks for
+them: a backbone is no classifier), and ``open_clip`` models (``hf-hub:`` ids). Safetensors
+weights only, ``trust_remote_code=False`` unless the caller opts in, and a check that the
+checkpoint really carries the trained weights the task reads: transformers would otherwise attach
+a random head to a backbone and every heatmap would be noise.
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+)
 
-from . import gam, registry, timm_models
+from . import gam, open_clip_models, registry, timm_models
 from .errors import ModelLoadError, NotAnImageClassifierError, XAIRecipesError
 from .lru import LRU
 
@@ -34,6 +47,26 @@ def _classifier_class_names() -> frozenset[str]:
     for value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
         names.update(value if isinstance(value, (tuple, list)) else [value])
     return frozenset(names)
+
+
+def is_dual_encoder(model: Any) -> bool:
+    """Whether ``model`` embeds images and text into one space (CLIP, SigLIP, AltCLIP, ...)."""
+    return callable(getattr(model, "get_image_features", None)) and callable(getattr(model, "get_text_features", None))
+
+
+def check_model(model: Any) -> None:
+    """Raise :class:`NotAnImageClassifierError` unless ``model`` is a module a task can explain:
+    a transformers model (``.config`` with ``model_type``) or an ``open_clip`` model. Whether it is
+    a classifier, a dual encoder or a backbone is the task's question."""
+    config = getattr(model, "config", None)
+    if isinstance(model, nn.Module) and (open_clip_models.is_open_clip(model) or
+                                         getattr(config, "model_type", None) is not None):
+        return
+    raise NotAnImageClassifierError(
+        f"{type(model).__name__} is not a Hugging Face image-classification model (it needs a .config with "
+        "model_type and id2label) nor a vision-language or backbone model; load one with "
+        "AutoModelForImageClassification, AutoModelForZeroShotImageClassification or open_clip.create_model"
+    )
 
 
 def check_classifier(model: Any) -> None:
@@ -81,10 +114,11 @@ def _check_finite(model: nn.Module, ref: str) -> None:
                                  "corrupt or the training diverged; re-download or re-export the checkpoint")
 
 
-def _from_pretrained(ref: str, trust_remote_code: bool, num_labels: int) -> tuple[nn.Module, dict]:
-    """``AutoModelForImageClassification.from_pretrained`` with safetensors only; its failures as typed errors."""
+def _from_pretrained(ref: str, trust_remote_code: bool, num_labels: int,
+                     auto: Any = AutoModelForImageClassification) -> tuple[nn.Module, dict]:
+    """``auto.from_pretrained`` with safetensors only; its failures as typed errors."""
     try:
-        return AutoModelForImageClassification.from_pretrained(
+        return auto.from_pretrained(
             ref, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
         )
     except SafetensorError as exc:
@@ -112,7 +146,9 @@ def _from_pretrained(ref: str, trust_remote_code: bool, num_labels: int) -> tupl
         raise ModelLoadError(f"cannot load {ref!r}: {type(exc).__name__}: {exc}; check its config.json and weights") from None
 
 
-def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+def _load(ref: str, trust_remote_code: bool, backbone: bool = False) -> tuple[nn.Module, Any]:
+    if ref.startswith(open_clip_models.HUB_PREFIX):
+        return open_clip_models.load_hub(ref)
     path = os.path.expanduser(ref)
     if os.path.isfile(path):  # transformers would read a file as a (pickle) checkpoint
         raise ModelLoadError(f"model {ref!r} is a file; pass the folder that holds its config.json and model.safetensors")
@@ -142,11 +178,16 @@ def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
         model = gam.DinoGAMForImageClassification.from_pretrained(ref, trust_remote_code)
         return model, model.processor
     archs = getattr(config, "architectures", None) or []
-    if archs and not any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs):
+    classifier = not archs or any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs)
+    if not classifier and config.model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return _load_other(ref, trust_remote_code, AutoModelForZeroShotImageClassification, AutoProcessor)
+    if not classifier and backbone:
+        return _load_other(ref, trust_remote_code, AutoModel, AutoImageProcessor)
+    if not classifier:
         raise NotAnImageClassifierError(
             f"{ref!r} is a {', '.join(map(str, archs))} checkpoint, not an image classifier: it has no trained "
             "classification head, so a heatmap would explain a random head. Use a *ForImageClassification "
-            "checkpoint (or fine-tune a head first)"
+            "checkpoint (or fine-tune a head first), or pass target=<a reference image> to explain image similarity"
         )
     if not _auto_classifier(config) and not trust_remote_code:
         raise NotAnImageClassifierError(
@@ -168,34 +209,58 @@ def _load(ref: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     return model.eval(), processor
 
 
+def _load_other(ref: str, trust_remote_code: bool, auto: Any, auto_processor: Any) -> tuple[nn.Module, Any]:
+    """A zero-shot model or a backbone (``auto``) with its processor (``auto_processor``), safely."""
+    model, info = _from_pretrained(ref, trust_remote_code, 0, auto)
+    if info.get("missing_keys"):
+        raise ModelLoadError(
+            f"{ref!r} lacks trained weights for {sorted(info['missing_keys'])[:4]}...: transformers would initialise "
+            f"them randomly and the explanation would be meaningless; pass a checkpoint saved with {auto.__name__}"
+        )
+    _check_finite(model, ref)
+    try:
+        processor = auto_processor.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the processor of {ref!r}: {exc}; pass processor=") from None
+    return model.eval(), processor
+
+
 def load(
     model: str | os.PathLike | nn.Module,
     processor: Any = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     need_processor: bool = True,
+    backbone: bool = False,
 ) -> tuple[nn.Module, Any]:
     """``(model, processor)`` from a hub id, a local folder, or an already loaded model
     (processor ``None`` for a loaded model without one when ``need_processor`` is False).
+    ``backbone``: a folder holding a vision backbone (no head) is loaded for image similarity
+    instead of refused as no classifier.
 
     Loaded-by-name models are kept in :data:`cache` (the 4 most recent by default), keyed by
     name, device and ``trust_remote_code``.
     """
+    if is_pipeline(model):  # a transformers pipeline: its model, and its image processor unless one is given
+        processor = processor if processor is not None else getattr(model, "image_processor", None)
+        model = model.model
     if isinstance(model, (str, os.PathLike)):
         ref = os.fspath(model)
         registry.plugins()  # plugins first: one may register the folder's model type with transformers
 
         def make() -> tuple[nn.Module, Any]:
-            loaded, loaded_processor = _load(ref, trust_remote_code)
+            loaded, loaded_processor = _load(ref, trust_remote_code, backbone)
             return (loaded.to(device) if device is not None else loaded), loaded_processor
 
-        hit = cache.get_or_make((ref, str(device), trust_remote_code), make)
+        hit = cache.get_or_make((ref, str(device), trust_remote_code, backbone), make)
         return hit[0], processor if processor is not None else hit[1]
 
     if timm_models.is_timm_model(model):
         model, wrapped_processor = timm_models.wrap_timm_model(model)
         processor = processor if processor is not None else wrapped_processor
-    check_classifier(model)
+    check_model(model)
+    if open_clip_models.is_open_clip(model):
+        processor = open_clip_models.as_processor(processor, model)
     if device is not None:
         model.to(device)
     if processor is None:
@@ -203,13 +268,19 @@ def load(
     if processor is None and need_processor:
         source = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
         try:
-            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+            auto = AutoProcessor if is_dual_encoder(model) else AutoImageProcessor
+            processor = auto.from_pretrained(source, trust_remote_code=trust_remote_code)
         except Exception:
             raise ModelLoadError(
                 f"no image processor given for this {type(model).__name__} and none found at "
                 f"{source!r}; pass processor=AutoImageProcessor.from_pretrained(...)"
             ) from None
     return model, processor
+
+
+def is_pipeline(obj: Any) -> bool:
+    """Whether ``obj`` is a transformers ``Pipeline`` (e.g. ``pipeline("image-classification")``) holding a model."""
+    return type(obj).__module__.startswith("transformers.pipelines") and isinstance(getattr(obj, "model", None), nn.Module)
 
 
 def clear_cache() -> None:

@@ -43,6 +43,13 @@ class Attention:
             spatially reduced keys (SegFormer): only ``attention`` and ``legrad`` apply there.
         forward_kwargs: extra model arguments for the attention methods' forward pass, e.g.
             ``output_attentions=True`` for models that return probabilities only when asked.
+        embed: ``model -> (tokens B×N×C -> B×D)``: for models whose output is an image
+            embedding (:attr:`Recipe.embedding`), the model's own final norm, pooling and
+            projection on any block's tokens; tasks turn it into LeGrad's per-block score (the
+            similarity to a prompt's or a reference image's embedding).
+        pool: ``model -> module`` of an attention-pooling head (SigLIP's probe query) whose
+            output item ``item`` is its attention over the last block's tokens ``B×(heads)×1×N``:
+            the readout row of the attention methods, and what LeGrad differentiates per block.
     """
 
     modules: Callable[[nn.Module], Sequence[nn.Module]]
@@ -53,6 +60,8 @@ class Attention:
     score: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None
     spans_model: bool = True
     forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    embed: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    pool: Callable[[nn.Module], nn.Module] | None = None
 
 
 def output_logits(output: Any) -> torch.Tensor:
@@ -97,6 +106,12 @@ class Recipe:
             localises best on this family, as measured (see the gallery's quality tables).
         unsupported: method name → why that method cannot explain this family and what to use
             instead (e.g. Swin's window attention has no global readout).
+        call: ``(model, keyword arguments) -> output``: how the model runs on :meth:`model_inputs`;
+            default ``model(**kwargs)``. Dual encoders run their image tower alone
+            (``model.get_image_features(**kwargs)``): the text side is the task's.
+        embedding: ``model output -> B×D`` pooled image embedding, for models explained through
+            an embedding (zero-shot prompts, image similarity) rather than class logits;
+            ``None``: the model is a classifier (``logits``).
         description: one line for listings and the gallery.
     """
 
@@ -116,6 +131,8 @@ class Recipe:
     stages: Callable[[nn.Module], Sequence[nn.Module]] | None = None
     default_method: str = "gradcam"
     unsupported: Mapping[str, str] = field(default_factory=dict)
+    call: Callable[[nn.Module, Mapping[str, Any]], Any] | None = None
+    embedding: Callable[[Any], torch.Tensor] | None = None
     description: str = ""
     plugin: str = ""  # set by the registry: which plugin registered it
 
@@ -133,9 +150,22 @@ class Recipe:
             return self.inputs(model, pixel_values)
         return {"pixel_values": pixel_values, **self.forward_kwargs}
 
+    def output(self, model: nn.Module, pixel_values: torch.Tensor, **extra: Any) -> Any:
+        """The model's raw output on the image tensor ``pixel_values`` (``extra``: more model arguments)."""
+        kwargs = {**self.model_inputs(model, pixel_values), **extra}
+        return self.call(model, kwargs) if self.call else model(**kwargs)
+
+    def scores(self, model: nn.Module, pixel_values: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """``B×K`` scores the methods explain: the logits (a task binds them to its own scores)."""
+        return self.logits(self.output(model, pixel_values, **extra))
+
     def serves(self, model: nn.Module) -> bool:
-        """Whether this recipe applies to ``model``."""
+        """Whether this recipe applies to ``model``: its ``config.model_type`` is one of
+        ``model_types`` (and ``matches`` accepts it); with no ``model_types``, ``matches`` alone
+        decides (models without a transformers config, e.g. open_clip's)."""
         model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if not self.model_types:
+            return self.matches is not None and bool(self.matches(model))
         if model_type not in self.model_types:
             return False
         return self.matches is None or bool(self.matches(model))

@@ -1,4 +1,4 @@
-"""The registry of recipes and methods: plugins found through the ``xai_recipes`` entry-point group.
+"""The registry of recipes, methods and tasks: plugins found through the ``xai_recipes`` entry-point group.
 
 Built-in recipes and methods arrive exactly like third-party ones. A plugin that fails to import, or whose
 hook raises, is reported (a warning, and in :func:`plugins`) and skipped; the rest keep working. Each
@@ -21,9 +21,10 @@ import pluggy
 from torch import nn
 
 from . import hookspecs
-from .errors import NoRecipeError, UnknownMethodError
+from .errors import NoRecipeError, UnknownMethodError, UnknownTaskError
 from .method import Method
 from .recipe import Recipe
+from .task import Task
 
 ENTRY_POINT_GROUP = "xai_recipes"
 #: Seconds a plugin's import may take before it is reported as broken and skipped (environment variable
@@ -73,6 +74,7 @@ class PluginInfo:
     version: str | None = None
     recipes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -82,13 +84,14 @@ def method_key(name: str) -> str:
 
 
 class Registry:
-    """Recipes and methods by name, filled from plugins. Use the module-level functions, not this class."""
+    """Recipes, methods and tasks by name, filled from plugins. Use the module-level functions, not this class."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("xai_recipes")
         self.pm.add_hookspecs(hookspecs)
         self.recipes: dict[str, Recipe] = {}
         self.methods: dict[str, Method] = {}  # by method_key
+        self.tasks: dict[str, Task] = {}  # by method_key of the name
         self.plugins: dict[str, PluginInfo] = {}
 
     def load_entry_points(self) -> None:
@@ -114,7 +117,9 @@ class Registry:
         recipes = self._collect(plugin, info, "register_recipes", Recipe, lambda r: r.name, self.recipes)
         methods = None if recipes is None else self._collect(
             plugin, info, "register_methods", Method, lambda m: method_key(m.name), self.methods)
-        if recipes is None or methods is None:  # a failing hook fails the whole plugin
+        tasks = None if methods is None else self._collect(
+            plugin, info, "register_tasks", Task, lambda t: method_key(t.name), self.tasks)
+        if recipes is None or methods is None or tasks is None:  # a failing hook fails the whole plugin
             return
         for recipe in recipes:
             self.recipes[recipe.name] = replace(recipe, plugin=info.name)
@@ -122,6 +127,9 @@ class Registry:
         for method in methods:
             self.methods[method_key(method.name)] = replace(method, plugin=info.name)
             info.methods.append(method.name)
+        for task in tasks:
+            self.tasks[method_key(task.name)] = replace(task, plugin=info.name)
+            info.tasks.append(task.name)
 
     def _collect(self, plugin: Any, info: PluginInfo, hook: str, kind: type, key: Any, taken: dict) -> list | None:
         """What ``plugin``'s ``hook`` registers, checked; ``None`` (and the plugin failed) if it raises."""
@@ -201,6 +209,41 @@ def get_method(name: str | Method) -> Method:
         raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())} "
                                  "(xai-recipes methods MODEL says which apply to a model)")
     return found
+
+
+def tasks_table() -> dict[str, Task]:
+    """All registered tasks by name, highest priority first."""
+    return {t.name: t for t in sorted(_get().tasks.values(), key=lambda t: -t.priority)}
+
+
+def get_task(name: str | Task) -> Task:
+    """The task called ``name`` (matched like method names), or :class:`UnknownTaskError`."""
+    if isinstance(name, Task):
+        return name
+    found = _get().tasks.get(method_key(name))
+    if found is None:
+        raise UnknownTaskError(f"unknown task {name!r}; choose one of: {', '.join(tasks_table())}")
+    return found
+
+
+def find_task(model: nn.Module, recipe: Recipe, target: Any = None, task: str | Task | None = None) -> Task:
+    """The task that explains ``model`` for ``target``: ``task`` if given (it must apply), else the
+    highest-priority registered task whose check passes. :class:`TaskNotApplicableError` names
+    each task's reason when none does."""
+    from .errors import TaskNotApplicableError
+
+    candidates = [get_task(task)] if task is not None else list(tasks_table().values())
+    if not candidates:
+        raise TaskNotApplicableError("no task is registered, so nothing says what to explain: install xai-recipes "
+                                     "with its built-in plugins (pip install -e .) or register a task plugin")
+    reasons = []
+    for candidate in candidates:
+        why = candidate.why_not(model, recipe, target)
+        if why is None:
+            return candidate
+        reasons.append(f"{candidate.name}: {why}")
+    raise TaskNotApplicableError(f"no task can explain {type(model).__name__} with recipe {recipe.name!r} for this "
+                                 f"target — " + "; ".join(reasons))
 
 
 def list_recipes(pattern: str = "*") -> list[str]:

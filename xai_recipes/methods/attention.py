@@ -37,11 +37,13 @@ from ..recipe import Attention, Recipe, infer_grid
 
 def capture_attention(batch: Batch, with_grad: bool, blocks: bool = False):
     """One forward pass recording each attention module's probabilities (and each block's output
-    tokens if ``blocks``): ``(logits, [B×H×Nq×Nk, ...], [B×N×C, ...])``. With ``with_grad``, the
-    graph is kept so gradients with respect to the probabilities can be taken."""
+    tokens if ``blocks``): ``(logits, [B×H×Nq×Nk, ...], [B×N×C, ...], pool)``, ``pool`` being the
+    attention-pooling head's ``B×H×1×N`` probabilities (``None`` without one). With ``with_grad``,
+    the graph is kept so gradients with respect to the probabilities can be taken."""
     model, recipe = batch.model, batch.recipe
     spec: Attention = recipe.attention
-    modules = list(spec.modules(model))
+    pool = spec.pool(model) if spec.pool else None
+    modules = list(spec.modules(model)) + ([pool] if pool is not None else [])
     block_modules = list(spec.blocks(model)) if blocks and spec.blocks else []
     probs: dict[int, torch.Tensor] = {}
     tokens: dict[int, torch.Tensor] = {}
@@ -75,15 +77,20 @@ def capture_attention(batch: Batch, with_grad: bool, blocks: bool = False):
             pixel_values = pixel_values.requires_grad_(True)
         else:
             stack.enter_context(torch.no_grad())
-        logits = recipe.logits(model(**recipe.model_inputs(model, pixel_values), **spec.forward_kwargs))
+        logits = recipe.scores(model, pixel_values, **spec.forward_kwargs)
     missing = [type(m).__name__ for m in modules if id(m) not in probs]
     if missing:
         raise RecipeError(f"attention module(s) {missing} of recipe {recipe.name!r} did not run in the forward pass")
-    return logits, [probs[id(m)] for m in modules], [tokens[id(m)] for m in block_modules]
+    pooled = probs.pop(id(pool)).detach() if pool is not None else None
+    return logits, [probs[id(m)] for m in modules if m is not pool], [tokens[id(m)] for m in block_modules], pooled
 
 
-def _rows(a: torch.Tensor, spec: Attention, prefix: int) -> torch.Tensor:
-    """The readout rows of ``a`` (``...×N×K``), averaged: ``...×K``."""
+def _rows(a: torch.Tensor, spec: Attention, prefix: int, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """The readout rows of ``a`` (``...×B×N×K``), averaged: ``...×B×K``. With an attention-pooling
+    head, its probe query's attention ``pool`` (``B×H×1×N``, mean over heads) weights the rows."""
+    if pool is not None:
+        weights = pool.mean(1)[:, 0].to(a.dtype)  # B×N
+        return torch.einsum("bn,...bnk->...bk", weights, a)
     if spec.readout is None:
         return a[..., prefix:, :].mean(-2)
     return a[..., list(spec.readout), :].mean(-2)
@@ -121,9 +128,9 @@ def _repeat(maps: np.ndarray, targets: list[list[int]]) -> np.ndarray:
 
 
 def run_attention(batch: Batch) -> Result:
-    logits, attentions, _ = capture_attention(batch, with_grad=False)
+    logits, attentions, _, pool = capture_attention(batch, with_grad=False)
     spec, prefix = batch.recipe.attention, batch.recipe.attention.prefix(batch.model)
-    rows = _rows(attentions[-1], spec, prefix)  # B×heads×K
+    rows = pool[:, :, 0] if pool is not None else _rows(attentions[-1], spec, prefix)  # B×heads×K; a probe's own
     heads = _to_maps(rows, prefix, batch.input_hw)
     mean = _to_maps(rows.mean(1), prefix, batch.input_hw)
     targets = batch.choose(logits)
@@ -160,17 +167,17 @@ def run_rollout(batch: Batch) -> Result:
         raise RecipeError(f"head_fusion must be 'mean', 'max' or 'min', got {options['head_fusion']!r}")
     if not 0 <= float(options["discard_ratio"]) < 1:
         raise RecipeError(f"discard_ratio must be in [0, 1), got {options['discard_ratio']!r}")
-    logits, attentions, _ = capture_attention(batch, with_grad=False)
+    logits, attentions, _, pool = capture_attention(batch, with_grad=False)
     _square(attentions, batch.recipe, "rollout")
     spec, prefix = batch.recipe.attention, batch.recipe.attention.prefix(batch.model)
     joint = rollout_matrix(attentions, options["head_fusion"], float(options["discard_ratio"]), bool(options["residual"]))
     targets = batch.choose(logits)
-    maps = _to_maps(_rows(joint, spec, prefix), prefix, batch.input_hw)
+    maps = _to_maps(_rows(joint, spec, prefix, pool), prefix, batch.input_hw)
     return Result(logits, targets, _repeat(maps, targets), list(spec.modules(batch.model)))
 
 
 def run_gradient_rollout(batch: Batch) -> Result:
-    logits, attentions, _ = capture_attention(batch, with_grad=True)
+    logits, attentions, _, pool = capture_attention(batch, with_grad=True)
     _square(attentions, batch.recipe, "gradient-rollout")
     spec, prefix = batch.recipe.attention, batch.recipe.attention.prefix(batch.model)
     targets = batch.choose(logits.detach())
@@ -180,13 +187,13 @@ def run_gradient_rollout(batch: Batch) -> Result:
     for a, g in zip(attentions, grads):
         cam = (g * a.detach()[None]).clamp_min(0).mean(2).double()  # T×B×N×N
         relevance = relevance + cam @ relevance
-    maps = _to_maps(_rows(relevance, spec, prefix), prefix, batch.input_hw)  # T×B×H×W
+    maps = _to_maps(_rows(relevance, spec, prefix, pool), prefix, batch.input_hw)  # T×B×H×W
     return Result(logits.detach(), targets, maps.transpose(1, 0, 2, 3), list(spec.modules(batch.model)))
 
 
 def run_legrad(batch: Batch) -> Result:
     spec = batch.recipe.attention
-    logits, attentions, tokens = capture_attention(batch, with_grad=True, blocks=True)
+    logits, attentions, tokens, _ = capture_attention(batch, with_grad=True, blocks=True)
     prefix, score = spec.prefix(batch.model), spec.score(batch.model)
     targets = batch.choose(logits.detach())
     layers = int(batch.options["layers"]) if batch.options["layers"] else len(attentions)
@@ -202,9 +209,11 @@ def run_legrad(batch: Batch) -> Result:
 
 
 def _legrad_check(model: nn.Module, recipe: Recipe) -> str | None:
-    if recipe.attention.blocks is None or recipe.attention.score is None:
+    spec = recipe.attention
+    if spec.blocks is None or (spec.score is None and spec.embed is None):
         return (f"legrad needs the recipe's Attention.blocks and Attention.score (the model's own head on any block's "
-                f"tokens); recipe {recipe.name!r} declares none. Use gradient-rollout or attention")
+                f"tokens; Attention.embed for embedding models); recipe {recipe.name!r} declares none. Use "
+                "gradient-rollout or attention")
     return None
 
 

@@ -49,17 +49,22 @@ class Description:
     default_method: str
     attention: list[str]
     input_size: tuple[int, int]
-    methods: dict[str, str]  # method -> "ok" or why it does not apply
+    methods: dict[str, str]  # method -> "ok" or why it does not apply (for ``task``)
+    task: str | None = None  # what explain() explains without a target (or with an image target)
+    tasks: dict[str, str] | None = None  # task -> "ok" or why it does not apply
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        rows = [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in self.as_dict().items() if k != "methods"]
+        rows = [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in self.as_dict().items()
+                if k not in ("methods", "tasks")]
         lines = [f"{k:15} {v}" for k, v in rows if v not in (None, {}, "", [])]
         ok = [m for m, why in self.methods.items() if why == "ok"]
         lines.append(f"{'methods':15} {', '.join(ok)}")
         lines += [f"{'  not ' + m:15} {why}" for m, why in self.methods.items() if why != "ok"]
+        for name, why in (self.tasks or {}).items():
+            lines.append(f"{'task ' + name:15} {why}")
         return "\n".join(lines)
 
 
@@ -79,6 +84,8 @@ def describe(
     takes one probe forward pass; nothing else runs the model."""
     model, _ = loading.load(model, None, device, trust_remote_code, need_processor=False)
     chosen = registry.find_recipe(model, recipe)
+    tasks = task_status(model, chosen)
+    task = next((registry.get_task(name) for name, why in tasks.items() if why == "ok"), None)
     spec = chosen.attention
     size = _size(model, input_size)
     target, choice = chosen, None
@@ -87,7 +94,7 @@ def describe(
         with borrowed(model):
             target, choice = layers.at_input(model, chosen, torch.zeros(1, config_channels(model.config), *size).to(param))
     return Description(
-        model_type=model.config.model_type,
+        model_type=getattr(getattr(model, "config", None), "model_type", type(model).__module__.split(".")[0]),
         architecture=type(model).__name__,
         recipe=chosen.name,
         plugin=chosen.plugin,
@@ -102,23 +109,43 @@ def describe(
         default_method=chosen.default_method,
         attention=[] if spec is None else module_names(model, list(spec.modules(model))),
         input_size=size,
-        methods=applicable(model, chosen),
+        methods=applicable(model, chosen, task),
+        task=None if task is None else task.name,
+        tasks=tasks,
     )
+
+
+def task_status(model: nn.Module, recipe: Recipe) -> dict[str, str]:
+    """Every registered task → ``"ok"`` or why it cannot explain ``model`` (checked without a target,
+    and with a reference image for the tasks that need one)."""
+    from PIL import Image
+
+    probe = Image.new("RGB", (8, 8))
+    out = {}
+    for name, task in registry.tasks_table().items():
+        try:
+            why = task.why_not(model, recipe, None)
+            out[name] = "ok" if why is None or task.why_not(model, recipe, probe) is None else why
+        except Exception as exc:  # noqa: BLE001 - a plugin's check must not break describe()
+            out[name] = f"its check failed: {type(exc).__name__}: {exc}"
+    return out
 
 
 def _size(model: nn.Module, input_size: int | tuple[int, int] | None) -> tuple[int, int]:
     if input_size is None:
-        return config_input_size(model.config)
+        config = getattr(model, "config", None)
+        return config_input_size(config) if config is not None else (224, 224)
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     return int(h), int(w)
 
 
-def applicable(model: nn.Module, recipe: Recipe) -> dict[str, str]:
-    """Every registered method → ``"ok"`` or why it cannot explain ``model`` with ``recipe``."""
+def applicable(model: nn.Module, recipe: Recipe, task: Any = None) -> dict[str, str]:
+    """Every registered method → ``"ok"`` or why it cannot explain ``model`` with ``recipe`` (for ``task``)."""
     out = {}
     for name, method in registry.methods_table().items():
         try:
-            out[name] = method.why_not(model, recipe) or "ok"
+            out[name] = (task.unsupported.get(method.name) if task is not None else None) or \
+                method.why_not(model, recipe) or "ok"
         except Exception as exc:  # noqa: BLE001 - a plugin's check must not break describe()
             out[name] = f"its check failed: {type(exc).__name__}: {exc}"
     return out

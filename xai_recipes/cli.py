@@ -1,4 +1,4 @@
-"""``xai-recipes`` command line: demo, explain, evaluate, fit-gam, list, methods, describe, plugins, serve.
+"""``xai-recipes`` command line: demo, explain, evaluate, audit, fit-gam, list, methods, describe, plugins, serve.
 
 Exit codes: 0 success; 1 some images were skipped (each reported, the rest written);
 2 a bad model, label, method or option stopped the run (one line, ``--debug`` for the traceback).
@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from . import XAIRecipesError, list_recipes, plugins, recipes  # the rest on use: `list` stays instant
 from .images import image_files
+from .options import parse_option, task_options
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -53,17 +54,6 @@ def _stem(source: str, taken: set[str]) -> str:
     return stem
 
 
-def _option(text: str) -> tuple[str, object]:
-    """``NAME=VALUE`` → (name, value), the value read as JSON when it is JSON (numbers, true, null)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise XAIRecipesError(f"--option wants NAME=VALUE, got {text!r}")
-    try:
-        return name.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return name.replace("-", "_"), value
-
-
 def _explain(args: argparse.Namespace) -> int:
     from . import explain
 
@@ -83,18 +73,20 @@ def _explain(args: argparse.Namespace) -> int:
         skipped.append({"image": source, "error": str(error)})
         tqdm.write(f"skipped {source}: {error}", file=sys.stderr)
 
-    options = dict(_option(o) for o in args.option or [])
+    options = dict(parse_option(o) for o in args.option or [])
     if args.n_components is not None:
         options["n_components"] = args.n_components
+    options.update(task_options(args))
     results = explain(args.model, files, method=args.method, target=target, top_k=args.top_k, device=args.device,
-                      recipe=args.recipe, trust_remote_code=args.trust_remote_code, batch_size=args.batch_size,
-                      on_error=report, **options)
+                      recipe=args.recipe, task=args.task, trust_remote_code=args.trust_remote_code,
+                      batch_size=args.batch_size, on_error=report, **options)
     rows, taken = [], set()
     for exp in tqdm(results, total=len(files), unit="image", file=sys.stderr, disable=args.quiet or None):
         stem = _stem(exp.source, taken)
         overlay, *raw = exp.save(out / f"{stem}.png") + exp.save(out / f"{stem}.npz")
         _, label, score = exp.predictions[0]
         rows.append({"image": exp.source, "predicted": label, "score": round(score, 4), "explained": exp.labels,
+                     "scores": [round(float(x), 4) for x in exp.scores], "task": exp.task,
                      "recipe": exp.recipe, "method": exp.method, "overlay": str(overlay), "maps": [str(p) for p in raw]})
     if args.format == "json":
         print(json.dumps({"results": rows, "skipped": skipped}, indent=1))
@@ -207,8 +199,34 @@ def _serve(args: argparse.Namespace) -> int:
         from . import web
     except ImportError as exc:
         raise XAIRecipesError(f"the web page needs gradio ({exc}); install it with: pip install \"xai-recipes[web]\"") from None
-    web.serve(args.model, host=args.host, port=args.port, max_file_size=args.max_file_size, demo=not args.no_demo)
+    web.serve(args.model, host=args.host, port=args.port, max_file_size=args.max_file_size, demo=not args.no_demo,
+              concurrency=args.concurrency, max_queue=args.max_queue)
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+
+    options = dict(parse_option(o) for o in args.option or [])
+    bar = (lambda items: tqdm(items, unit="image", file=sys.stderr, disable=args.quiet or None))
+    result = audit(args.model, args.data, method=args.method, device=args.device, recipe=args.recipe,
+                   trust_remote_code=args.trust_remote_code, classes=args.classes, batch_size=args.batch_size,
+                   resolution=args.resolution, max_clusters=args.max_clusters, n_concepts=args.n_concepts,
+                   ray=(args.ray if args.ray != "local" else True) if args.ray else False, progress=bar,
+                   out=args.out, **options)
+    for s in result.skipped:
+        print(f"skipped {s['image']}: {s['error']}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps({k: v for k, v in result.as_dict().items() if k != "classes"} | {"report": str(args.out)},
+                         indent=1))
+    else:
+        print(f"{'class':20} {'images':>6} {'strategies':>10}  flags")
+        for c in result.classes:
+            flags = "; ".join(f"cluster {f['cluster']} {f['rule']}" for f in c.flags) or "-"
+            print(f"{c.label[:20]:20} {len(c.images):6} {len(c.clusters):10}  {flags}")
+        print(f"flagged: {', '.join(result.flagged) or 'none'}; report -> {Path(args.out) / 'index.html'}",
+              file=sys.stderr)
+    return 1 if result.skipped else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -230,7 +248,15 @@ def parser() -> argparse.ArgumentParser:
                     "patch-contributions: see xai-recipes methods MODEL (default: the recipe's default method)")
     ex.add_argument("--option", action="append", metavar="NAME=VALUE",
                     help="a method option, e.g. head_fusion=max, discard_ratio=0.9, layers=4 (repeatable)")
-    ex.add_argument("--target", nargs="+", metavar="LABEL", help="label names or indices (default: top-k predictions)")
+    ex.add_argument("--target", nargs="+", metavar="LABEL",
+                    help="label names or indices (default: top-k predictions); for CLIP / SigLIP free-text prompts, "
+                         "e.g. --target 'a red car' 'a dog'")
+    ex.add_argument("--labels", nargs="+", metavar="PROMPT",
+                    help="zero-shot: the candidate prompts the probabilities are taken over (default: the targets)")
+    ex.add_argument("--template", help="zero-shot: prompt template (default 'This is a photo of {}.', as the pipeline)")
+    ex.add_argument("--no-template", action="store_true", help="zero-shot: use the prompts as given")
+    ex.add_argument("--task", help="image-classification, zero-shot-image-classification or image-feature-extraction "
+                                   "(default: found from the model and target)")
     ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
     ex.add_argument("--n-components", type=int, help="DFF: number of concepts (default 5)")
     ex.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
@@ -280,6 +306,29 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(run=_evaluate)
 
+    au = sub.add_parser("audit", help="audit a model over a data set: strategies (SpRAy), shortcut flags, concepts",
+                        description="Explain every image of DATA for its class, cluster each class's heatmaps "
+                                    "(SpRAy), flag clusters whose evidence sits at a fixed position or off the "
+                                    "annotated object, factorise the class's features into named concepts, and write "
+                                    "a static HTML report with audit.json into --out.")
+    au.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    au.add_argument("data", metavar="DATA", help="folder of class folders (DATA/<class>/<image>) or with annotations.json")
+    au.add_argument("--out", default="report", help="report folder (default ./report)")
+    au.add_argument("--method", help="explanation method (default: the recipe's default)")
+    au.add_argument("--option", action="append", metavar="NAME=VALUE", help="a method option (repeatable)")
+    au.add_argument("--classes", nargs="+", metavar="LABEL", help="audit only these classes")
+    au.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    au.add_argument("--resolution", type=int, default=16, help="side of the grid maps are clustered at (default 16)")
+    au.add_argument("--max-clusters", type=int, default=8, help="most strategies per class (default 8)")
+    au.add_argument("--n-concepts", type=int, default=4, help="concepts per class (default 4)")
+    au.add_argument("--device", help="e.g. cpu, cuda")
+    au.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
+    au.add_argument("--trust-remote-code", action="store_true")
+    au.add_argument("--format", choices=["table", "json"], default="table")
+    au.add_argument("--quiet", action="store_true", help="no progress bar")
+    au.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="explain on Ray Data actors")
+    au.set_defaults(run=_audit)
+
     ls = sub.add_parser("list", help="registered recipes (shell-style filter, e.g. 'vi*')")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(run=_list)
@@ -309,6 +358,8 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     se.add_argument("--max-file-size", default="20mb", help="largest upload accepted (default 20mb)")
     se.add_argument("--no-demo", action="store_true", help="do not offer the bundled demo model")
+    se.add_argument("--concurrency", type=int, default=2, help="requests explained at once; the rest queue (default 2)")
+    se.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more are refused (default 64)")
     se.set_defaults(run=_serve)
     return top
 

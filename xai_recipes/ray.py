@@ -147,28 +147,33 @@ class _Explainer:
             sources = [f"<image {i}>" for i in range(n)]
         keep = [i for i in range(n) if not (self.output and is_written(sources[i], self.output, self.root))]
         rows: dict[int, dict[str, Any]] = {}
+        per_row = "target" in batch  # a target per row (e.g. each image's labelled class): one call per target
+        groups: dict[Any, list[int]] = {}
+        for i in keep:
+            groups.setdefault(int(batch["target"][i]) if per_row else None, []).append(i)
         with tempfile.TemporaryDirectory(prefix="xai-recipes-ray-") as scratch:
-            images, keys = [], {}
-            for i in keep:
-                if "bytes" in batch:  # decoded by explain() itself, from a file: errors and EXIF as for any path
-                    name = PurePath(sources[i].split("://")[-1]).name or "image"
-                    path = Path(scratch, str(i), name)
-                    path.parent.mkdir()
-                    path.write_bytes(bytes(batch["bytes"][i]))
-                    image, key = path, str(path)
-                else:
-                    image = batch["image"][i]
-                    key = f"<image {len(images)}>"
-                keys[key] = i
-                images.append(image)
+            for target, members in groups.items():
+                images, keys = [], {}
+                for i in members:
+                    if "bytes" in batch:  # decoded by explain() itself, from a file: errors and EXIF as for any path
+                        name = PurePath(sources[i].split("://")[-1]).name or "image"
+                        path = Path(scratch, str(i), name)
+                        path.parent.mkdir()
+                        path.write_bytes(bytes(batch["bytes"][i]))
+                        image, key = path, str(path)
+                    else:
+                        image = batch["image"][i]
+                        key = f"<image {len(images)}>"
+                    keys[key] = i
+                    images.append(image)
 
-            def failed(key: str, error: Exception) -> None:
-                i = keys[key]
-                message = str(error).replace(key, sources[i]) if key.startswith(scratch) else str(error)
-                rows[i] = self._failure(sources[i], f"{type(error).__name__}: {message}")
+                def failed(key: str, error: Exception, keys: dict[str, int] = keys) -> None:
+                    i = keys[key]
+                    message = str(error).replace(key, sources[i]) if key.startswith(scratch) else str(error)
+                    rows[i] = self._failure(sources[i], f"{type(error).__name__}: {message}")
 
-            if images:
-                for exp in explain(self.model, images, on_error=failed, batch_size=len(images), **self.options):
+                options = {**self.options, "target": target} if per_row else self.options
+                for exp in explain(self.model, images, on_error=failed, batch_size=len(images), **options):
                     i = keys[exp.source]
                     exp.source = sources[i]
                     rows[i] = self._row(exp)
@@ -229,7 +234,8 @@ def explain_dataset(
         data: a folder (searched recursively), a list of image files/folders (local paths or any
             ``pyarrow`` filesystem URI such as ``s3://...``), or a Ray Dataset with a ``bytes``
             column (``ray.data.read_binary_files``) or an ``image`` column (``ray.data.read_images``),
-            plus ``path`` (``include_paths=True``) to name the rows. Files are decoded by the
+            plus ``path`` (``include_paths=True``) to name the rows, and optionally ``target``
+            (a class index per row, overriding ``target``: each image explained for its own class). Files are decoded by the
             project's own reader, exactly as :func:`xai_recipes.explain` decodes a path.
         model: hub id or folder (each actor loads it once), or a loaded model (shipped to each
             actor through the object store).
@@ -262,7 +268,8 @@ def explain_dataset(
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
     if method is not None:
         chosen = registry.get_method(method)  # an unknown method or option fails here, before any actor starts
-        unknown = sorted(set(options) - set(chosen.options))
+        task_names = {name for task in registry.tasks_table().values() for name in task.options} | {"task"}
+        unknown = sorted(set(options) - set(chosen.options) - task_names)
         if unknown:
             raise XAIRecipesError(f"method {chosen.name!r} takes no option {', '.join(map(repr, unknown))}; its "
                                   f"options: {', '.join(chosen.options) or 'none'}")
@@ -320,10 +327,12 @@ def cli_explain(args: "argparse.Namespace") -> int:
     """``xai-recipes explain MODEL IMAGES... --ray [ADDRESS]``: the files of the plain command
     (overlay ``.png``, ``.npz`` + ``.json`` per image, named after the image file) written by Ray
     actors, resumable; Ray's progress bars on stderr. Exit code 1 when some images failed."""
-    from .cli import _option
+    from .options import parse_option, task_options
 
     target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
-    options = dict(_option(o) for o in args.option or [])
+    options = {**dict(parse_option(o) for o in args.option or []), **task_options(args)}
+    if args.task:
+        options["task"] = args.task
     if args.n_components is not None:
         options["n_components"] = args.n_components
     data = args.images[0] if len(args.images) == 1 and Path(args.images[0]).is_dir() else args.images

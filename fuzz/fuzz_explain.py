@@ -2,7 +2,9 @@
 
 Each input is a byte string handed to ``explain(model, data)``: decoded as an image file by
 ``xai_recipes.images`` (PIL underneath, its Python plugins instrumented for coverage) and, when it
-decodes, explained with a tiny ResNet. The contract under test: every input ends in an
+decodes, explained with a tiny ResNet. An input starting with ``PROMPT:`` is free text instead: split
+at NUL bytes into up to 1,000 prompts (UTF-8, undecodable bytes replaced) and explained as a random
+tiny CLIP's zero-shot targets (tests/zero_shot_models.py). The contract under test: every input ends in an
 ``XAIRecipesError`` or in a valid explanation (finite heatmaps in [0, 1] of the image's size).
 Anything else — another exception, or an invalid explanation — is a failure: one line
 ``UNTYPED <sha1> <what>`` on stderr (the input saved under ``$FUZZ_CRASH_DIR`` if set), counted,
@@ -57,6 +59,13 @@ def tiny_model() -> tuple[torch.nn.Module, object]:
 
 
 MODEL, PROCESSOR = tiny_model()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from zero_shot_models import as_processor, random_clip  # noqa: E402
+
+CLIP_MODEL, _tokenizer, _image_processor = random_clip(torch.float32)
+CLIP_PROCESSOR = as_processor(_tokenizer, _image_processor)
+PHOTO = np.random.default_rng(1).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+PROMPT = b"PROMPT:"
 
 
 def problem_with(exp) -> str | None:
@@ -83,7 +92,11 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exp = explain(MODEL, data, processor=PROCESSOR, method="gradcam")
+            if data.startswith(PROMPT):
+                prompts = data[len(PROMPT):].decode("utf-8", "replace").split("\0")[:1000]
+                exp = explain(CLIP_MODEL, PHOTO, processor=CLIP_PROCESSOR, method="gradcam", target=prompts)
+            else:
+                exp = explain(MODEL, data, processor=PROCESSOR, method="gradcam")
     except XAIRecipesError:
         return
     except Exception as exc:  # noqa: BLE001 - the failure being hunted
@@ -141,6 +154,10 @@ def seeds() -> dict[str, bytes]:
         "rgb.ico": _encode(rgb, "ICO"),
         "bomb.png": _png_header(100_000, 100_000),
         "strip.png": _encode(Image.new("RGB", (300, 2)), "PNG"),
+        "prompts.txt": PROMPT + "a dog\0a cat on a sofa\0the digit seven".encode(),
+        "prompt-unicode.txt": PROMPT + "a d\u043eg \u202e\U0001f436".encode(),
+        "prompt-long.txt": PROMPT + b"dog " * 300,
+        "prompt-empty.txt": PROMPT,
     }
     return out
 

@@ -355,6 +355,38 @@ def target_cases() -> list[Case]:
     ]
 
 
+def prompt_cases() -> list[Case]:
+    """Text ``target=`` / ``labels=`` values against a random tiny CLIP (tests/zero_shot_models.py, 16 text
+    positions), and reference images for image similarity."""
+    from xai_recipes.errors import ImageError, PromptError, TaskNotApplicableError
+
+    return [
+        Case("prompt-empty", "", PromptError, "empty"),
+        Case("prompt-whitespace", " \t\n", PromptError, "empty"),
+        Case("prompt-cyrillic-o", "a d\u043eg", OK),  # free text: a look-alike is just another prompt
+        Case("prompt-lookalike-not-in-labels", "a d\u043eg", UnknownLabelError, "not among labels.*'a dog'",
+             options={"labels": ["a dog", "a cat"]}),
+        Case("prompt-rtl-and-emoji", "\u202e\U0001f436 \u05d0", OK),
+        Case("prompt-ten-thousand-chars", "dog " * 2_500, PromptError, "tokens.*at most 16.*truncate=True"),
+        Case("prompt-ten-thousand-chars-truncated", "dog " * 2_500, OK, options={"truncate": True}),
+        Case("prompt-nul", "a dog\0", OK),
+        Case("prompts-thousand", [f"a photo of {i}" for i in range(1000)], OK),
+        Case("prompt-index-without-labels", 1, PromptError, "index.*labels="),
+        Case("prompt-index-out-of-labels", 5, TargetIndexError, "out of range", options={"labels": ["a dog", "a cat"]}),
+        Case("prompt-bytes", b"a dog", EITHER),
+        Case("prompt-bool", [True], PromptError, "boolean, not text"),
+        Case("prompt-labels-a-string", None, PromptError, "labels must be", options={"labels": "a dog"}),
+        Case("prompt-no-target-no-labels", None, PromptError, "pass target="),
+        Case("template-without-braces", "a dog", PromptError, "template", options={"template": "a photo"}),
+        Case("reference-image-bomb-header", lambda: png_header(40_000, 40_000), ImageError, "pixels"),
+        Case("reference-image-1x1-cmyk", lambda: Image.new("CMYK", (1, 1)), EITHER),
+        Case("reference-image-16-bit", lambda: Image.fromarray(np.full((20, 30), 60_000, np.uint16)), OK),
+        Case("reference-image-empty-array", np.zeros((0, 5, 3), np.uint8), ImageError, ""),
+        Case("task-similarity-with-text", "a red car", TaskNotApplicableError, "not an image",
+             options={"task": "image-feature-extraction"}),
+    ]
+
+
 # ---------------------------------------------------------------- model folders
 
 

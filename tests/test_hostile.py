@@ -33,6 +33,7 @@ from hostile import (
     model_state,
     ran,
     state_differences,
+    prompt_cases,
     target_cases,
 )
 from PIL import Image
@@ -379,3 +380,31 @@ def test_a_rotated_phone_photo_is_explained_upright(orientation, tmp_path):
     if orientation == 3:  # same size, object elsewhere: ignoring EXIF would put the map off the object
         ix, iy = peak(ignored)
         assert not (x0 <= ix <= x1 and y0 <= iy <= y1)
+
+
+# ---------------------------------------------------------------- prompts and reference images (zero-shot, similarity)
+
+PROMPTS = prompt_cases()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A random tiny CLIP with its offline tokenizer, in *train* mode: a call must give it back that way."""
+    from zero_shot_models import as_processor, random_clip
+
+    model, tokenizer, image_processor = random_clip(torch.float32)
+    return model.train(), as_processor(tokenizer, image_processor)
+
+
+@pytest.mark.parametrize("case", PROMPTS, ids=[c.name for c in PROMPTS])
+def test_prompt(case, clip):
+    model, processor = clip
+    before = model_state(model)
+    options = dict(case.options)
+    if case.name.startswith("reference-"):
+        options["task"] = "image-feature-extraction"
+    result, error, elapsed = bounded(lambda: explain(model, PHOTO, processor=processor, method="gradcam",
+                                                     target=case.make(), **options), LIMIT)
+    n_maps = (len(case.value) if isinstance(case.value, list) else 1) if case.expect is OK else None
+    check(case, result, error, elapsed, n_maps=n_maps)
+    assert not state_differences(before, model_state(model)), case.name

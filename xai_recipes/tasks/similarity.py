@@ -27,27 +27,30 @@ def _references(target: Any) -> list[Any]:
     return list(target) if isinstance(target, (list, tuple)) else [target]
 
 
-def _check(model: nn.Module, recipe: Recipe, target: Any) -> str | None:
+def _not_images(target: Any) -> str | None:
+    """Why ``target`` is not one or more reference images (PIL, array, bytes, or image files), or ``None``."""
     from ..engine import _is_image_target
 
+    if target is None:
+        return "image similarity needs target=<a reference image> (PIL image, array, or a list of them); pass one"
+    if _is_image_target(target) or all(isinstance(t, (str, os.PathLike)) and os.path.isfile(t)
+                                       for t in _references(target)):
+        return None
+    return (f"the target {str(target)[:60]!r} is not an image: pass a PIL image, an H×W×C array, encoded bytes or an "
+            "image file (a text prompt needs a model with a text tower, e.g. CLIP)")
+
+
+def _check(model: nn.Module, recipe: Recipe, target: Any) -> str | None:
     if recipe.embedding is None:
         return f"recipe {recipe.name!r} explains class logits, not a pooled image embedding to compare"
-    if target is None:
-        return "image similarity needs target=<a reference image> (PIL image, array, or a list of them)"
-    if not _is_image_target(target) and not all(isinstance(t, (str, os.PathLike)) for t in _references(target)):
-        return "the target is not an image (PIL image, H×W×C array, encoded bytes, or a path with task= named)"
-    return None
+    return _not_images(target)
 
 
 def bind(call: Call) -> Bound:
-    from ..engine import _is_image_target
-
-    if call.target is None:
-        raise TaskNotApplicableError("image similarity needs target=<a reference image> (PIL image, array, or a list)")
+    problem = _not_images(call.target)
+    if problem:
+        raise TaskNotApplicableError(problem)
     references = _references(call.target)
-    if not _is_image_target(call.target) and not all(isinstance(t, (str, os.PathLike)) for t in references):
-        raise TaskNotApplicableError("image similarity compares with reference images: pass PIL images, arrays, "
-                                     "encoded bytes or image paths as target")
     recipe, model = call.recipe, call.model
     pixels = []
     for i, reference in enumerate(references):

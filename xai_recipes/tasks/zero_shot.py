@@ -84,7 +84,8 @@ def resolve(target: Any, labels: Sequence[str] | None) -> tuple[list[str], list[
     """``(candidate labels, wanted indices)`` from ``target`` and ``labels=`` (see the module doc)."""
     if labels is not None:
         if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels:
-            raise PromptError(f"labels must be a non-empty list of prompts, got {str(labels)[:60]!r}")
+            raise PromptError(f"labels must be a non-empty list of prompts, got {str(labels)[:60]!r}; pass e.g. "
+                              "labels=['a dog', 'a cat']")
         labels = [_text(x, "label") for x in labels]
     if target is None:
         if labels is None:
@@ -94,6 +95,9 @@ def resolve(target: Any, labels: Sequence[str] | None) -> tuple[list[str], list[
     items = [target] if isinstance(target, (str, int)) or getattr(target, "ndim", None) == 0 else list(target)
     if not items:
         raise PromptError("target is an empty list; pass at least one prompt, or None with labels=")
+    for t in items:
+        if isinstance(t, bool) or "bool" in str(getattr(t, "dtype", "")):
+            raise PromptError(f"target {t!r} is a boolean, not text; pass a string prompt or an index into labels=")
     if labels is None:
         if any(not isinstance(t, str) for t in items):
             bad = next(t for t in items if not isinstance(t, str))
@@ -224,7 +228,8 @@ def bind(call: Call) -> Bound:
     labels, wanted = resolve(call.target, call.options.get("labels"))
     template = call.options.get("template", TEMPLATE)
     if template is not None and (not isinstance(template, str) or "{}" not in template):
-        raise PromptError(f"template must be a string holding '{{}}' (where the label goes), or None, got {template!r}")
+        raise PromptError(f"template must be a string holding '{{}}' (where the label goes), or None, got "
+                          f"{str(template)[:60]!r}; pass e.g. template='a photo of {{}}.'")
     sequences = [template.format(label) if template is not None else label for label in labels]
     with borrowed(call.model):  # eval mode: no dropout in the text tower
         text = text_embeddings(call.model, _tokenizer(call), sequences, call.options.get("truncate"))

@@ -131,7 +131,8 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam(models, pixels):
     with GradCAM(wrapped, list(recipe.target_layers(model))) as cam:
         cams = cam(pixels.repeat(3, 1, 1, 1), [ClassifierOutputTarget(t) for t in TARGETS])
     for i, t in enumerate(TARGETS):
-        guided = GuidedBackpropReLUModel(wrapped, device="cpu")(pixels, target_category=t)  # H×W×C
+        # H×W×C; a fresh copy each time: grad-cam sets requires_grad on its input and reads its accumulated .grad
+        guided = GuidedBackpropReLUModel(wrapped, device="cpu")(pixels.clone(), target_category=t)
         product = np.abs(cams[i][..., None] * guided).sum(-1)
         np.testing.assert_allclose(got[i], product / max(product.max(), 1e-12), atol=1e-4)  # a zero CAM: a zero map
     assert got[1].max() == pytest.approx(1.0)

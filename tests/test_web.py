@@ -88,10 +88,12 @@ def test_attention_shows_one_map_per_head_and_dff_its_concepts():
 
 
 def test_model_options_put_the_recipes_default_first_and_leave_out_what_does_not_apply():
-    methods, default, labels = web.model_options(VIT)
+    methods, default, labels, zero_shot = web.model_options(VIT)
+    assert not zero_shot
     assert default == methods[0] == "gradient-rollout" and "attention" in methods
     assert "patch-contributions" not in methods and labels == ["disc", "square", "triangle", "cross"]
-    method_update, targets_update, message = web.choose_model(VIT)
+    method_update, targets_update, candidates_update, message = web.choose_model(VIT)
+    assert candidates_update["visible"] is False
     assert method_update["choices"] == methods and method_update["value"] == "gradient-rollout"
     assert targets_update["choices"] == labels and targets_update["value"] == [] and "4 classes" in message
     *_, message = web.choose_model("")
@@ -99,7 +101,7 @@ def test_model_options_put_the_recipes_default_first_and_leave_out_what_does_not
 
 
 def test_the_bundled_model_explains_the_bundled_cat(demo_folder):
-    methods, default, labels = web.model_options(web.DEMO_MODEL)
+    methods, default, labels, _ = web.model_options(web.DEMO_MODEL)
     assert default == "gradcam" and "dff" in methods and "attention" not in methods and len(labels) == 1000
     status, overlays, predictions, *_ = run(model=web.DEMO_MODEL, targets=["tiger cat"])
     assert "timm_wrapper / gradcam" in status and overlays[0][1].startswith("tiger cat · ")

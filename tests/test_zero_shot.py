@@ -259,3 +259,47 @@ def test_describe_and_methods_say_what_applies(family):
     described = xai_recipes.describe(model)
     assert described.methods["gradcam"] == "ok" and described.methods["legrad"] == "ok"
     assert "zero-shot model has none" in described.methods["dff"]
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A random CLIP saved as a hub folder would be (safetensors, tokenizer, image processor)."""
+    model, tokenizer, image_processor = random_clip(torch.float32)
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    as_processor(tokenizer, image_processor).save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_clip_folder_loads_and_the_cli_explains_prompts(clip_folder, tmp_path, capsys):
+    import json
+
+    from xai_recipes import cli
+
+    image(0).save(tmp_path / "scene.png")
+    code = cli.main(["explain", str(clip_folder), str(tmp_path / "scene.png"), "--target", "a dog", "a cat on a sofa",
+                     "--labels", *PROMPTS, "--method", "gradcam", "--out", str(tmp_path / "out"), "--format", "json",
+                     "--quiet"])
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["task"] == "zero-shot-image-classification" and row["explained"] == ["a dog", "a cat on a sofa"]
+    exp = explain(clip_folder, image(0), target=["a dog", "a cat on a sofa"], labels=PROMPTS, method="gradcam")
+    np.testing.assert_allclose(row["scores"], np.round(exp.scores, 4), atol=1e-4)
+    saved = xai_recipes.load(tmp_path / "out" / "scene.npz")
+    assert saved.task == "zero-shot-image-classification" and saved.labels == ["a dog", "a cat on a sofa"]
+    np.testing.assert_allclose(saved.heatmaps, exp.heatmaps, atol=1e-6)
+
+
+def test_the_web_page_takes_prompts_and_shows_the_candidates_probabilities(clip_folder, tmp_path):
+    pytest.importorskip("gradio")
+    from xai_recipes import web
+
+    methods, default, labels, zero_shot = web.model_options(str(clip_folder))
+    assert zero_shot and labels == [] and default == methods[0]
+    image(0).save(tmp_path / "scene.png")
+    status, overlays, predictions, *_ = web.explain_image(
+        str(tmp_path / "scene.png"), None, str(clip_folder), "gradcam", ["a dog", "a cat on a sofa"], 1,
+        "\n".join(PROMPTS), progress=lambda *a, **k: None)
+    assert "clip / gradcam" in status, status
+    assert [caption.split(" · ")[0] for _, caption in overlays] == ["a dog", "a cat on a sofa"]
+    assert set(predictions) == set(PROMPTS) and sum(predictions.values()) == pytest.approx(1, abs=1e-5)  # softmax

@@ -10,6 +10,8 @@ Gradio is imported here only, so ``import xai_recipes`` stays light. The page bi
 127.0.0.1 unless told otherwise, refuses uploads over ``max_file_size``, and reports an
 unreadable file, an unknown label or a model that cannot be loaded as a message on the page.
 The functions below are the page's callbacks; they can be called (and are tested) directly.
+Saved audit reports (``xai-recipes audit ... --out REPORT``) passed in place of a model are served
+as static pages under ``/reports/<n>/`` and linked from the page.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -99,29 +102,45 @@ def preview(upload: str | None, photo: str | None) -> tuple[Image.Image | None, 
         return None, _message(exc, upload)
 
 
-def model_options(model: str | None) -> tuple[list[str], str, list[str]]:
-    """``(methods, default, labels)`` for a model: the methods that apply to it with the recipe's
-    default first, and its class labels in index order."""
+ZERO_SHOT = "zero-shot-image-classification"
+
+
+def model_options(model: str | None) -> tuple[list[str], str, list[str], bool]:
+    """``(methods, default, labels, zero_shot)`` for a model: the methods that apply to it with the
+    recipe's default first, its class labels in index order (none for a zero-shot model, whose
+    classes are the user's prompts), and whether it is a zero-shot (CLIP / SigLIP) model."""
     from .description import describe
 
     ref = resolve_model(model)
     found = describe(ref)
     ok = [name for name, why in found.methods.items() if why == "ok"]
     methods = [found.default_method] + [m for m in ok if m != found.default_method]
+    if found.task == ZERO_SHOT:
+        return methods, found.default_method, [], True
     loaded, _ = loading.load(ref, need_processor=False)
     id2label = loaded.config.id2label
     labels = [str(id2label[i]) for i in sorted(id2label)]
-    return methods, found.default_method, labels
+    return methods, found.default_method, labels, False
 
 
-def choose_model(model: str | None) -> tuple[Any, Any, str]:
-    """Callback of the model box: new method and target choices, and a status message."""
+def choose_model(model: str | None) -> tuple[Any, Any, Any, str]:
+    """Callback of the model box: new method and target choices, the prompt box, and a status message."""
     try:
-        methods, default, labels = model_options(model)
+        methods, default, labels, zero_shot = model_options(model)
     except Exception as exc:
-        return gr.update(), gr.update(), _message(exc)
+        return gr.update(), gr.update(), gr.update(), _message(exc)
+    what = ("a zero-shot model: type prompts as targets, candidate labels below" if zero_shot
+            else f"{len(labels)} classes")
     return (gr.update(choices=methods, value=default), gr.update(choices=labels, value=[]),
-            f"Model loaded: {len(labels)} classes; default method **{default}**.")
+            gr.update(visible=zero_shot), f"Model loaded: {what}; default method **{default}**.")
+
+
+def _candidates(text: str | None) -> list[str] | None:
+    """The candidate labels typed in the prompt box: one per line (or comma-separated on one line)."""
+    if not text or not text.strip():
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines if len(lines) > 1 else [t.strip() for t in lines[0].split(",") if t.strip()]
 
 
 def _targets(targets: list[str] | str | None) -> list[str | int] | None:
@@ -141,16 +160,23 @@ def _concepts_markdown(exp: Any) -> str:
 
 
 _RUNS: list[Path] = []  # the folders of the latest downloads; older ones are removed
+_RUNS_LOCK = threading.Lock()  # concurrent requests (the queue's concurrency) save at once
 KEEP_RUNS = 16
+#: Requests explained at once (gradio's queue concurrency); the rest wait, at most ``MAX_QUEUE`` of them.
+CONCURRENCY = 2
+MAX_QUEUE = 64
 
 
 def _save(exp: Any) -> str:
     """The explanation as a zip of ``explanation.npz`` + ``.json`` + ``.png`` in a fresh temporary
     folder (gradio serves a copy; only the latest ``KEEP_RUNS`` folders are kept)."""
     folder = Path(tempfile.mkdtemp(prefix="xai-recipes-web-"))
-    _RUNS.append(folder)
-    while len(_RUNS) > KEEP_RUNS:
-        shutil.rmtree(_RUNS.pop(0), ignore_errors=True)
+    with _RUNS_LOCK:
+        _RUNS.append(folder)
+        old = _RUNS[:-KEEP_RUNS]
+        del _RUNS[:-KEEP_RUNS]
+    for stale in old:
+        shutil.rmtree(stale, ignore_errors=True)
     files = exp.save(folder / "explanation.npz") + exp.save(folder / "explanation.png")
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{exp.method}-{exp.labels[0].split(',')[0]}")
     archive = folder / f"explanation-{stem}.zip"
@@ -161,7 +187,7 @@ def _save(exp: Any) -> str:
 
 
 def explain_image(upload: str | None, photo: str | None, model: str | None, method: str | None,
-                  targets: list[str] | str | None, top_k: int | float | None,
+                  targets: list[str] | str | None, top_k: int | float | None, candidates: str | None = None,
                   progress: Progress = gr.Progress()) -> tuple[Any, ...]:
     """Callback of the Explain button.
 
@@ -184,7 +210,9 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
         k = int(top_k or 1)
         if not 1 <= k <= MAX_TOP_K:
             raise XAIRecipesError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
-        exp = explain(ref, image, method=method or None, target=_targets(targets), top_k=k)
+        labels = _candidates(candidates)  # zero-shot: the candidate prompts the probabilities are over
+        exp = explain(ref, image, method=method or None, target=_targets(targets), top_k=k,
+                      **({"labels": labels} if labels else {}))
         progress(0.8, desc="drawing")
         if exp.legend is not None:
             overlays = [(exp.figure(), f"{exp.method}: {len(exp.legend)} concepts")]
@@ -205,7 +233,12 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
     return status, overlays, predictions, concepts, heads_update, download
 
 
-def build_app(models: list[str] | None = None, *, demo: bool = True) -> gr.Blocks:
+def _reports_markdown(reports: list[str]) -> str:
+    links = [f"[{Path(r).resolve().name}](/reports/{i}/index.html)" for i, r in enumerate(reports)]
+    return "**Saved audit reports:** " + " · ".join(links)
+
+
+def build_app(models: list[str] | None = None, *, demo: bool = True, reports: list[str] | None = None) -> gr.Blocks:
     """The page. ``models``: local folders or hub ids listed first (``demo``: the bundled
     EfficientNet-Lite0 is listed too, and chosen when no model is given)."""
     from .demo import photos
@@ -213,20 +246,26 @@ def build_app(models: list[str] | None = None, *, demo: bool = True) -> gr.Block
     choices = list(models or [])
     if demo:
         choices.append(DEMO_MODEL)
+    if not choices and reports:  # only saved reports: a page of links to them
+        with gr.Blocks(title="xai-recipes: audit reports", analytics_enabled=False) as app:
+            gr.Markdown(_reports_markdown(reports), elem_id="reports")
+        return app
     if not choices:
         raise XAIRecipesError("no model to serve: pass MODEL folders or hub ids, or keep the bundled demo model")
     first = choices[0]
     try:
-        methods, default, labels = model_options(first)
+        methods, default, labels, zero_shot = model_options(first)
         status = ""
     except Exception as exc:
-        methods, default, labels, status = [], None, [], _message(exc)
+        methods, default, labels, zero_shot, status = [], None, [], False, _message(exc)
     photo_names = list(photos())
 
     # delete_cache: gradio's copies of uploads and results older than an hour go, checked hourly
     with gr.Blocks(title="xai-recipes: explain an image", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown("## xai-recipes: explain an image classifier\nUpload an image (or pick a bundled photo), "
                     "choose the model, the method and the classes to explain (none: the top predictions).")
+        if reports:
+            gr.Markdown(_reports_markdown(reports), elem_id="reports")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Image: upload or drop a file", file_count="single", type="filepath",
@@ -241,6 +280,9 @@ def build_app(models: list[str] | None = None, *, demo: bool = True) -> gr.Block
                                      info="the recipe's default first; only methods that apply to this model")
                 targets = gr.Dropdown(labels, value=[], multiselect=True, allow_custom_value=True,
                                       label="Targets", elem_id="targets", info="type to search; none: the top-k")
+                candidates = gr.Textbox(label="Candidate labels (zero-shot models)", lines=3, elem_id="candidates",
+                                        visible=zero_shot, info="one prompt per line; the probabilities are taken "
+                                        "over these (empty: over the targets); 'This is a photo of {}.' is applied")
                 top_k = gr.Slider(1, MAX_TOP_K, value=1, step=1, label="top-k (without targets; DFF: classes "
                                   "per concept)", elem_id="top_k")
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
@@ -258,20 +300,36 @@ def build_app(models: list[str] | None = None, *, demo: bool = True) -> gr.Block
         upload.upload(lambda f: (None, *preview(f, None)), [upload], [photo, shown, message])
         upload.clear(lambda: (None, ""), None, [shown, message])
         photo.input(lambda p: (None, *preview(None, p)), [photo], [upload, shown, message])
-        model.input(choose_model, [model], [method, targets, message])
-        button.click(explain_image, [upload, photo, model, method, targets, top_k],
-                     [message, overlays, predictions, concepts, heads, download], concurrency_limit=1)
+        model.input(choose_model, [model], [method, targets, candidates, message])
+        button.click(explain_image, [upload, photo, model, method, targets, top_k, candidates],
+                     [message, overlays, predictions, concepts, heads, download])  # the queue's concurrency
     return app
 
 
 def serve(models: list[str] | None = None, *, host: str = "127.0.0.1", port: int | None = None,
-          max_file_size: str | int = MAX_FILE_SIZE, demo: bool = True, block: bool = True) -> gr.Blocks:
+          max_file_size: str | int = MAX_FILE_SIZE, demo: bool = True, block: bool = True,
+          concurrency: int = CONCURRENCY, max_queue: int = MAX_QUEUE) -> gr.Blocks:
     """Build the page and serve it on ``host:port`` (``port`` None: the first free one from 7860).
 
     ``block=False`` returns at once with the server running in a thread (``app.close()`` stops it)."""
-    app = build_app(models, demo=demo)
-    app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, max_file_size=max_file_size, prevent_thread_lock=not block,
+    from .report import is_report
+
+    reports = [str(m) for m in models or [] if is_report(m)]  # saved audit reports, served as static pages
+    models = [m for m in models or [] if str(m) not in reports]
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise XAIRecipesError(f"concurrency must be a positive integer, got {concurrency!r}")
+    app = build_app(models, demo=demo, reports=reports)
+    # each request's results go back to its own session only; at most `concurrency` run at once (explain()
+    # shares a model between threads safely), at most `max_queue` wait: excess requests are refused
+    app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    app.launch(server_name=host, server_port=port, max_file_size=max_file_size, prevent_thread_lock=True,
                show_error=False, ssr_mode=False, inbrowser=False, share=False, quiet=False,
                footer_links=[], mcp_server=False, pwa=False, css=CSS)
+    if reports:
+        from starlette.staticfiles import StaticFiles
+
+        for i, folder in enumerate(reports):
+            app.server_app.mount(f"/reports/{i}", StaticFiles(directory=folder, html=True), name=f"report-{i}")
+    if block:
+        app.block_thread()
     return app

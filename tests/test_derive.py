@@ -109,8 +109,11 @@ class FlatForImageClassification(torch.nn.Module):
 
 
 def test_no_spatial_layer_is_a_typed_error_with_the_reason():
-    with pytest.raises(NoRecipeError) as err:
-        explain(FlatForImageClassification(), np.zeros((16, 16, 3), np.uint8), processor=ViTImageProcessor(size={"height": 16, "width": 16}))
+    """No recipe can be derived: the generic recipe explains it with input attributions
+    (tests/test_generic_recipe.py); a method that needs a layer is refused with the reason."""
+    with pytest.raises(xai_recipes.MethodNotApplicableError) as err:
+        explain(FlatForImageClassification(), np.zeros((16, 16, 3), np.uint8), processor=ViTImageProcessor(size={"height": 16, "width": 16}),
+                method="gradcam")
     msg = str(err.value)
     assert "no block or norm layer outputs a spatial map" in msg  # why derivation failed
     assert "'flat'" in msg and "resnet" in msg and "recipe=" in msg and "register_recipes" in msg  # and the fixes

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..capture import LogitsModel
-from ..errors import MissingExtraError, XAIRecipesError
+from ..errors import MissingExtraError, RecipeError, XAIRecipesError
 from ..hookspecs import hookimpl
 from ..method import Batch, Method, Result
 from ..recipe import Recipe
@@ -330,8 +330,14 @@ def _runner(name: str) -> Callable[[Batch], Result]:
     def run(batch: Batch) -> Result:
         _captum()
         model, recipe = batch.model, batch.recipe
-        with torch.no_grad():
-            logits = LogitsModel(model, recipe)(batch.pixel_values)
+        try:
+            with torch.no_grad():
+                logits = LogitsModel(model, recipe)(batch.pixel_values)
+        except XAIRecipesError:
+            raise
+        except Exception as exc:  # e.g. a flattening head given another input size than it was built for
+            raise RecipeError(f"the model cannot run on a {tuple(batch.pixel_values.shape)} input ({type(exc).__name__}: "
+                              f"{exc}); pass a processor whose output size fits the model") from exc
         targets = batch.choose(logits)
         raw = attributions(model, recipe, batch.pixel_values, targets, name, batch.options)
         signed = bool(batch.options.get("signed", False))

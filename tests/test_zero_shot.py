@@ -303,3 +303,17 @@ def test_the_web_page_takes_prompts_and_shows_the_candidates_probabilities(clip_
     assert "clip / gradcam" in status, status
     assert [caption.split(" · ")[0] for _, caption in overlays] == ["a dog", "a cat on a sofa"]
     assert set(predictions) == set(PROMPTS) and sum(predictions.values()) == pytest.approx(1, abs=1e-5)  # softmax
+
+
+def test_evaluate_uses_the_category_names_as_prompts(family):
+    _, model, tokenizer, image_processor = family
+    processor = as_processor(tokenizer, image_processor)
+    data = [(image(0), "a dog", (5, 5, 30, 25)), (image(1), "a cat on a sofa", (10, 10, 45, 35)),
+            (image(2), "a dog", (0, 0, 20, 20))]
+    result = xai_recipes.evaluate(model, data, methods=["gradcam"], metrics=["pointing", "deletion"], processor=processor)
+    assert [r["label"] for r in result.rows] == ["a dog", "a cat on a sofa", "a dog"]
+    for (picture, label, _), row in zip(data, result.rows):  # the probability over the data's categories
+        exp = explain(model, picture, target=label, labels=["a dog", "a cat on a sofa"], processor=processor,
+                      method="gradcam")
+        assert row["probability"] == pytest.approx(exp.scores[0], abs=1e-6)
+        assert 0 <= row["deletion"] <= 1

@@ -125,7 +125,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.data, methods=args.method, metrics=args.metric or METRICS,
                       recipe=args.recipe, tolerance=args.tolerance,
                       steps=args.steps, trust_remote_code=args.trust_remote_code, progress=bar, sanity=args.sanity,
-                      on_explanation=save if out else None)
+                      on_explanation=save if out else None, **task_options(args))
     if out:
         (out / "rows.csv").write_text(result.csv())
         (out / "evaluation.json").write_text(json.dumps(result.as_dict(), indent=1))
@@ -301,6 +301,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--sanity", action="store_true", help="also run the parameter-randomisation sanity check per method")
     ev.add_argument("--format", choices=["table", "json", "csv"], default="table")
     ev.add_argument("--out", help="folder for rows.csv, evaluation.json and overlays")
+    ev.add_argument("--labels", nargs="+", metavar="PROMPT",
+                    help="zero-shot models: the candidate prompts (default: the data's category names)")
+    ev.add_argument("--template", help="zero-shot: prompt template (default 'This is a photo of {}.')")
+    ev.add_argument("--no-template", action="store_true", help="zero-shot: category names as given")
     ev.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
     ev.add_argument("--trust-remote-code", action="store_true")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")

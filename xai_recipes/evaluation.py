@@ -47,11 +47,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import loading, registry
+from . import hfdata, loading, registry
 from .capture import LogitsModel
 from .errors import DatasetError, XAIRecipesError
 from .images import ImageInput, load_image
 from .modelstate import borrowed
+from .task import Call
 from .targets import resolve_targets
 
 #: Metric name → which direction is better.
@@ -227,13 +228,21 @@ def evaluate(
     on_explanation: Callable[[Annotated, Any], None] | None = None,
     sanity: bool = False,
     sanity_images: int = 8,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    box_column: str | None = None,
+    mask_column: str | None = None,
+    labels: Sequence[str] | None = None,
+    template: str | None = "This is a photo of {}.",
 ) -> Evaluation:
     """Explain every annotated image with every method (for its labelled class) and score the maps.
 
     Args:
         model: as for :func:`xai_recipes.explain`.
         data: a folder with ``annotations.json`` (:func:`load_annotations`), or an iterable of
-            :class:`Annotated` or ``(image, label, box or mask)`` tuples (box: ``(x0, y0, x1, y1)``).
+            :class:`Annotated` or ``(image, label, box or mask)`` tuples (box: ``(x0, y0, x1, y1)``),
+            or a ``datasets.Dataset`` read row by row (``image_column`` / ``label_column``: default
+            its one ``Image`` and ``ClassLabel`` columns; ``box_column`` or ``mask_column``: required).
         methods: method names; default: the recipe's default method and ``gradcam``.
         metrics: any of ``pointing``, ``energy``, ``deletion``, ``insertion``.
         tolerance: the pointing game's tolerance in pixels of the original image.
@@ -242,6 +251,8 @@ def evaluate(
         on_explanation: called with each ``(sample, explanation)``, e.g. to save overlays.
         sanity: also run the parameter-randomisation check per method on the first
             ``sanity_images`` images (``Evaluation.sanity``).
+        labels, template: zero-shot models (CLIP, SigLIP): the candidate prompts (default: every
+            category name in the data, in order of appearance) and the template each goes through.
     """
     from .engine import explain
 
@@ -253,8 +264,14 @@ def evaluate(
     model, processor = loading.load(model, processor, None, trust_remote_code)
     chosen = registry.find_recipe(model, recipe)
     names = [registry.get_method(m).name for m in (methods or dict.fromkeys([chosen.default_method, "gradcam"]))]
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    samples = _as_annotated(data)
+    samples = (hfdata.Rows(data, image_column, label_column, box_column, mask_column) if hfdata.is_dataset(data)
+               else _as_annotated(data))
+    task = registry.find_task(model, chosen)
+    extra: dict[str, Any] = {}
+    if "labels" in task.options:  # zero-shot: the data's category names are the prompts, through the template
+        extra = {"labels": list(labels or dict.fromkeys(str(s.label) for s in samples)), "template": template}
+    bound = task.bind(Call(model, processor, chosen, None, {**task.options, **extra}))
+    id2label = bound.labels
     rows: list[dict[str, Any]] = []
     for sample in (progress or (lambda x: x))(samples):
         image = load_image(sample.image)
@@ -262,15 +279,16 @@ def evaluate(
         region = sample.region(pixels.shape[:2])
         (label,) = resolve_targets(sample.label, id2label)
         for name in names:
-            exp = explain(model, image, method=name, target=label, processor=processor, recipe=chosen)
+            exp = explain(model, image, method=name, target=label, processor=processor, recipe=chosen, **extra)
             if on_explanation:
                 on_explanation(sample, exp)
             row: dict[str, Any] = {"image": sample.source or str(sample.image), "label": id2label[label], "method": name,
                                    "predicted": exp.predictions[0][1], "probability": round(exp.scores[0], 6)}
-            scorer = lambda images: probabilities(model, processor, chosen, images, label)  # noqa: E731
+            scorer = lambda images: probabilities(model, processor, bound.recipe, images, label,  # noqa: E731
+                                                  bound.probabilities)
             row.update(score_map(exp.heatmaps[0], pixels, region, scorer, metrics, tolerance, steps))
             if "road" in metrics:
-                row["road"] = road(model, chosen, processor, image, to_input(exp.heatmaps[0], exp.geometry), label)
+                row["road"] = road(model, bound.recipe, processor, image, to_input(exp.heatmaps[0], exp.geometry), label)
             rows.append(row)
     summary = {n: {m: float(np.mean([r[m] for r in rows if r["method"] == n])) for m in metrics} for n in names}
     reports = {}
@@ -328,14 +346,16 @@ def road(model: torch.nn.Module, recipe: Any, processor: Any, image: Image.Image
     return float(np.asarray(score).ravel()[0])
 
 
-def probabilities(model: torch.nn.Module, processor: Any, recipe: Any, images: list[np.ndarray], label: int) -> list[float]:
-    """The target's softmax probability on each image, in one batched forward pass."""
+def probabilities(model: torch.nn.Module, processor: Any, recipe: Any, images: list[np.ndarray], label: int,
+                  probs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+    """The target's probability on each image (``probs`` of the scores: the task's; default the softmax),
+    in one batched forward pass."""
     pixel_values = torch.cat([recipe.image_tensor(processor(images=Image.fromarray(im), return_tensors="pt"))
                               for im in images])
     param = next(model.parameters())
     with borrowed(model), torch.inference_mode():
         logits = LogitsModel(model, recipe)(pixel_values.to(param.device, param.dtype))
-    return logits.float().softmax(-1)[:, label].tolist()
+    return (probs or (lambda s: s.float().softmax(-1)))(logits)[:, label].tolist()
 
 
 __all__ = ["Annotated", "Evaluation", "evaluate", "load_annotations", "pointing", "energy", "perturbation_curves", "auc",

@@ -24,8 +24,9 @@ replayed for the others (checked by a fingerprint of each perturbed batch; a mis
 model), so T targets cost one set of forward passes.
 
 **Randomness.** SmoothGrad / ``noise_tunnel``, GradientSHAP, LIME and KernelSHAP draw from
-torch's generator, seeded with ``seed`` on a forked generator (the caller's state is untouched):
-the maps equal Captum's own on the same input after ``torch.manual_seed(seed)``.
+torch's generator (GradientSHAP's path points from numpy's), both seeded with ``seed`` for the
+call and restored afterwards (the caller's state is untouched): the maps equal Captum's own on
+the same input after ``torch.manual_seed(seed); np.random.seed(seed)``.
 
 **Superpixels.** Feature ablation, LIME and KernelSHAP perturb superpixels of the model input
 (``segments``): an int is the number of SLIC segments (scikit-image ``slic``, compactness 10, on
@@ -212,9 +213,12 @@ def _seeded(seed: int, device: torch.device):
     class _Ctx:
         def __enter__(self):
             rng.__enter__()
+            self.numpy = np.random.get_state()
             torch.manual_seed(seed)
+            np.random.seed(seed)  # GradientSHAP draws its path points with numpy
 
         def __exit__(self, *exc):
+            np.random.set_state(self.numpy)
             return rng.__exit__(*exc)
 
     return _Ctx()

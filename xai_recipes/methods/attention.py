@@ -20,6 +20,7 @@ models) and ``P`` the patch keys (prefix tokens dropped):
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import ExitStack
 from typing import Callable
@@ -33,6 +34,37 @@ from ..errors import MethodNotApplicableError, RecipeError
 from ..hookspecs import hookimpl
 from ..method import Batch, Method, Result
 from ..recipe import Attention, Recipe, infer_grid
+
+
+def mha_with_probs(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's ``MultiheadAttention`` recomputed from its own weights, returning ``(output, B×heads×Nq×Nk
+    probabilities)`` with the probabilities *on* the path to the output (torch returns a detached view of
+    them, or none with ``need_weights=False``), so gradients with respect to them exist."""
+    if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+        raise RecipeError("this nn.MultiheadAttention uses separate q/k/v projections, bias_k/v or add_zero_attn, "
+                          "which the attention methods do not recompute; use gradcam")
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    given = {**dict(zip(names, args)), **kwargs}
+    q, k, v = (given[n] for n in names[:3])
+    if not module.batch_first:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    (B, Nq, E), Nk, H = q.shape, k.shape[1], module.num_heads
+    wq, wk, wv = module.in_proj_weight.chunk(3)
+    bq, bk, bv = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+    split = lambda x, n: x.view(B, n, H, E // H).transpose(1, 2)  # noqa: E731
+    q, k, v = split(nn.functional.linear(q, wq, bq), Nq), split(nn.functional.linear(k, wk, bk), Nk), \
+        split(nn.functional.linear(v, wv, bv), Nk)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(E // H)
+    mask = given.get("attn_mask")
+    if mask is not None:
+        mask = mask.view(B, H, Nq, Nk) if mask.dim() == 3 else mask
+        scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    padding = given.get("key_padding_mask")
+    if padding is not None:
+        scores = scores.masked_fill(padding.bool()[:, None, None, :], float("-inf"))
+    probs = scores.softmax(-1)
+    out = module.out_proj((probs @ v).transpose(1, 2).reshape(B, Nq, E))
+    return (out if module.batch_first else out.transpose(0, 1)), probs
 
 
 def capture_attention(batch: Batch, with_grad: bool, blocks: bool = False):
@@ -62,14 +94,23 @@ def capture_attention(batch: Batch, with_grad: bool, blocks: bool = False):
                 "switch off, or the recipe's Attention.modules/item point at the wrong output")
         probs[id(module)] = found
 
+    def keep_mha(module: nn.Module, args: tuple, *rest: object) -> object:
+        if threading.get_ident() != caller:
+            return None
+        kwargs = rest[0] if len(rest) == 2 else {}  # torch may drop the kwargs while other threads (un)register hooks
+        out, probs[id(module)] = mha_with_probs(module, args, kwargs)
+        return out, probs[id(module)]
+
     def keep_tokens(module: nn.Module, args: object, output: object) -> None:
         if threading.get_ident() == caller:
             tokens[id(module)] = first_tensor(output)
 
     pixel_values = batch.pixel_values.detach()
     with ExitStack() as stack:
-        for module in modules:
-            stack.callback(module.register_forward_hook(keep_probs).remove)
+        for module in modules:  # torch's MultiheadAttention: recomputed, so its probabilities carry gradients
+            hook = (module.register_forward_hook(keep_mha, with_kwargs=True) if isinstance(module, nn.MultiheadAttention)
+                    else module.register_forward_hook(keep_probs))
+            stack.callback(hook.remove)
         for module in block_modules:
             stack.callback(module.register_forward_hook(keep_tokens).remove)
         if with_grad:  # the input as a leaf: a graph exists even if the user froze every parameter

@@ -1,9 +1,8 @@
 """Captum's attributions as methods: equal to Captum called directly, batched, mapped back, signed.
 
 Reference: Captum's own class on the same tiny model (through the same logits wrapper), input,
-targets, baseline and seed — for the deterministic methods one call per target (Captum's own
-per-target loop), for the random ones the same call after ``torch.manual_seed(seed)`` — then the
-documented reduction (|attribution| summed over channels / max, or the signed sum / max |.|).
+targets, baseline and seed — one call per target (Captum's own per-target loop; the random ones
+after ``torch.manual_seed(seed)``) — then the documented reduction (|attribution| summed over channels / max, or the signed sum / max |.|).
 """
 
 import numpy as np
@@ -59,20 +58,6 @@ def captum_direct(model, x, name, opts, targets=TARGETS) -> list[torch.Tensor]:
     """Captum's own attributions, one C×H×W tensor per target (image 0)."""
     wrapped = LogitsModel(model, xai_recipes.find_recipe(model))
     base = float(opts.get("baseline", 0.0))
-    if name == "smoothgrad":
-        torch.manual_seed(opts["seed"])
-        rows = x.repeat(len(targets), 1, 1, 1)
-        a = captum_attr.NoiseTunnel(captum_attr.Saliency(wrapped)).attribute(
-            rows, nt_type="smoothgrad", nt_samples=opts["nt_samples"], stdevs=opts["stdevs"], target=targets,
-            nt_samples_batch_size=min(opts["nt_samples"], opts["internal_batch_size"] // len(rows)), abs=True)
-        return list(a)
-    if name == "gradient-shap":
-        torch.manual_seed(opts["seed"])
-        np.random.seed(opts["seed"])  # Captum draws GradientSHAP's path points with numpy
-        rows = x.repeat(len(targets), 1, 1, 1)
-        a = captum_attr.GradientShap(wrapped).attribute(rows, baselines=torch.full_like(x, base), n_samples=opts["n_samples"],
-                                                          stdevs=opts["shap_stdevs"], target=targets)
-        return list(a)
     out = []
     for t in targets:  # Captum's own per-target loop
         if name == "integrated-gradients":
@@ -80,6 +65,16 @@ def captum_direct(model, x, name, opts, targets=TARGETS) -> list[torch.Tensor]:
                                                                    method="gausslegendre")
         elif name == "saliency":
             a = captum_attr.Saliency(wrapped).attribute(x, target=t)
+        elif name == "smoothgrad":
+            torch.manual_seed(opts["seed"])
+            a = captum_attr.NoiseTunnel(captum_attr.Saliency(wrapped)).attribute(
+                x, nt_type="smoothgrad", nt_samples=opts["nt_samples"], stdevs=opts["stdevs"], target=t,
+                nt_samples_batch_size=min(opts["nt_samples"], opts["internal_batch_size"]), abs=True)
+        elif name == "gradient-shap":
+            torch.manual_seed(opts["seed"])
+            np.random.seed(opts["seed"])  # Captum draws GradientSHAP's path points with numpy
+            a = captum_attr.GradientShap(wrapped).attribute(x, baselines=torch.full_like(x, base), n_samples=opts["n_samples"],
+                                                            stdevs=opts["shap_stdevs"], target=t)
         elif name == "input-x-gradient":
             a = captum_attr.InputXGradient(wrapped).attribute(x, target=t)
         elif name == "guided-backprop":
@@ -178,10 +173,10 @@ def count_forwards(model):
     return calls, handle
 
 
-@pytest.mark.parametrize("name", ["saliency", "integrated-gradients", "occlusion", "lime"])
+@pytest.mark.parametrize("name", ["saliency", "integrated-gradients", "smoothgrad", "gradient-shap", "occlusion", "lime"])
 def test_targets_share_the_models_passes(resnet, pixels, name):
-    """T targets: gradient methods one call over the B·T rows; perturbation methods one set of
-    forward passes (replayed for the other targets)."""
+    """T targets, one set of forward passes: gradients of all targets from each pass (one batched
+    backward), perturbed batches replayed for the other targets."""
     counts = {}
     for targets in ([0], TARGETS):
         calls, handle = count_forwards(resnet)
@@ -190,22 +185,18 @@ def test_targets_share_the_models_passes(resnet, pixels, name):
         finally:
             handle.remove()
         counts[len(targets)] = calls
-    if name in ("occlusion", "lime"):
-        assert len(counts[3]) == len(counts[1]), counts  # the same passes for 3 targets as for 1
-    else:
-        rows = {k: v[1:] for k, v in counts.items()}  # after the one pass that reads the logits
-        assert len(rows[3]) == len(rows[1]) and sum(rows[3]) == 3 * sum(rows[1])  # 3× the rows, no more calls
+    assert counts[3] == counts[1]  # the same passes, of the same rows, for 3 targets as for 1
 
 
 def test_noise_tunnel_wraps_any_gradient_method(resnet, pixels):
     result, opts = run(resnet, pixels, "integrated-gradients", noise_tunnel="smoothgrad", nt_samples=3)
-    torch.manual_seed(0)
     wrapped = LogitsModel(resnet, xai_recipes.find_recipe(resnet))
-    a = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(wrapped)).attribute(
-        pixels.repeat(3, 1, 1, 1), nt_type="smoothgrad", nt_samples=3, stdevs=opts["stdevs"], target=TARGETS, baselines=0.0,
-        n_steps=opts["n_steps"], method="gausslegendre", internal_batch_size=opts["internal_batch_size"])
-    for t in range(3):
-        np.testing.assert_allclose(result.maps[0][t], reduce(a[t]), atol=2e-5)
+    for i, t in enumerate(TARGETS):
+        torch.manual_seed(0)
+        a = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(wrapped)).attribute(
+            pixels, nt_type="smoothgrad", nt_samples=3, stdevs=opts["stdevs"], target=t, baselines=0.0,
+            n_steps=opts["n_steps"], method="gausslegendre", internal_batch_size=opts["internal_batch_size"])
+        np.testing.assert_allclose(result.maps[0][i], reduce(a[0]), atol=2e-5)
     with pytest.raises(XAIRecipesError, match="noise_tunnel must be None or one of"):
         run(resnet, pixels, "saliency", noise_tunnel="blur")
     with pytest.raises(XAIRecipesError, match="internal_batch_size must be a positive integer"):

@@ -12,11 +12,15 @@ largest magnitude: in [-1, 1], the sign kept (figures draw it red/blue, ``render
 sanity check compares absolute values then. (:func:`to_maps`; Saliency's own ``abs`` follows
 ``signed``.)
 
-**Batching.** Gradient methods expand the ``B`` images ``T`` times along the batch (image-major)
-with the list of ``B·T`` targets, so one Captum call serves every target; the rows go through
-the model at most ``internal_batch_size`` at a time (IG: Captum's own ``internal_batch_size``
-over its ``n_steps``; NoiseTunnel, GradientSHAP, DeepLift: rows per chunk = ``internal_batch_size``
-over the model rows each input row makes). Perturbation methods (occlusion, feature ablation,
+**Batching.** Integrated Gradients, Saliency, Input × Gradient, SmoothGrad / ``noise_tunnel`` and
+GradientSHAP compute their gradients through Captum's ``gradient_func``, which is replaced by
+:class:`SharedGradients`: Captum is called once per target on the ``B`` images (the same steps,
+the noise re-seeded identically), and each distinct batch of rows (IG's ``n_steps`` scaled images,
+``internal_batch_size`` rows at a time; SmoothGrad's ``nt_samples`` noisy copies; GradientSHAP's
+``n_samples`` points) goes through the model once, with one batched backward for all T targets.
+Guided backprop and DeepLift (whose hooks change the backward pass) expand the ``B`` images ``T``
+times along the batch (image-major) with the list of ``B·T`` targets, so one Captum call serves
+every target, at most ``internal_batch_size`` model rows per pass. Perturbation methods (occlusion, feature ablation,
 LIME, KernelSHAP) evaluate the same perturbations for every target: Captum is called once per
 target on all ``B`` images (``perturbations_per_eval`` = ``internal_batch_size // B``), with the
 random generator re-seeded each time, and the model outputs of the first target's call are
@@ -224,6 +228,38 @@ def _seeded(seed: int, device: torch.device):
     return _Ctx()
 
 
+#: Gradient methods whose Captum class computes its gradients through ``gradient_func``: their T targets share passes.
+SHARED = ("integrated-gradients", "saliency", "input-x-gradient", "smoothgrad", "gradient-shap")
+
+
+class SharedGradients:
+    """Captum's ``gradient_func`` for T targets at once: called with the image index of each row as
+    its "target", it runs the model once on a batch of rows, takes the gradients of every target's
+    logit in one batched backward, returns target :attr:`t`'s and keeps the others for the calls of
+    the other targets, which Captum makes on the same rows (same steps; re-seeded noise)."""
+
+    def __init__(self, targets: list[list[int]]) -> None:
+        self.targets, self.t = targets, 0
+        self.cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.passes = 0  # forward passes actually run
+
+    def __call__(self, forward_fn: Callable, inputs: Any, target_ind: Any = None,
+                 additional_forward_args: Any = None) -> tuple[torch.Tensor, ...]:
+        from ..capture import target_grads
+
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        key = tuple(Replay.fingerprint(x) for x in inputs)
+        if key not in self.cache:
+            images = torch.as_tensor(target_ind).flatten().tolist()
+            with torch.enable_grad():
+                logits = forward_fn(*inputs)
+                self.passes += 1
+                index = torch.tensor([self.targets[int(b)] for b in images], device=logits.device)  # rows × T
+                selected = logits.gather(1, index).sum(0)  # T: each target's logit summed over the rows
+                self.cache[key] = tuple(g.detach() for g in target_grads(selected, list(inputs)))
+        return tuple(g[self.t] for g in self.cache[key])
+
+
 def model_rows(name: str, options: Mapping[str, Any]) -> int:
     """How many model rows one input row makes in one Captum call (IG batches its own steps)."""
     rows = {"deeplift": 2, "gradient-shap": options.get("n_samples", 1)}.get(name, 1)
@@ -231,12 +267,15 @@ def model_rows(name: str, options: Mapping[str, Any]) -> int:
 
 
 def gradient_call(name: str, options: Mapping[str, Any], forward: nn.Module, inputs: torch.Tensor,
-                  target: list[int]) -> torch.Tensor:
+                  target: list[int], gradient_func: Callable | None = None) -> torch.Tensor:
     """One Captum call of gradient method ``name`` (with its NoiseTunnel if asked) on ``inputs``
-    for ``target`` (one class per row), exactly as :func:`attributions` makes it."""
+    for ``target`` (one class per row), exactly as :func:`attributions` makes it; ``gradient_func``
+    replaces Captum's ``compute_gradients`` (:class:`SharedGradients`)."""
     attr = _captum()
     spec = SPECS[name]
     algorithm = getattr(attr, spec.captum)(forward)
+    if gradient_func is not None:
+        algorithm.gradient_func = gradient_func
     kwargs: dict[str, Any] = {}
     if name == "integrated-gradients":
         kwargs = dict(baselines=float(options["baseline"]), n_steps=options["n_steps"], method=options["ig_method"],
@@ -301,6 +340,13 @@ def attributions(model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, t
     B, T = len(targets), len(targets[0])
     stochastic = bool(options.get("noise_tunnel")) or name in ("gradient-shap", "lime", "kernel-shap")
     seed = int(options.get("seed", 0))
+    if name in SHARED:  # one Captum call per target, the model's passes shared (SharedGradients)
+        x, shared, per_target = pixel_values.detach(), SharedGradients(targets), []
+        for t in range(T):
+            shared.t = t
+            with _seeded(seed, x.device) if stochastic else nullcontext():
+                per_target.append(gradient_call(name, options, wrapped, x, list(range(B)), shared).detach())
+        return torch.stack(per_target, 1)
     if spec.family == "gradient":
         rows = pixel_values.detach().repeat_interleave(T, 0)  # image-major: row b·T + t is image b, target t
         flat = [t for per_image in targets for t in per_image]

@@ -17,7 +17,8 @@ GradientSHAP compute their gradients through Captum's ``gradient_func``, which i
 :class:`SharedGradients`: Captum is called once per target on the ``B`` images (the same steps,
 the noise re-seeded identically), and each distinct batch of rows (IG's ``n_steps`` scaled images,
 ``internal_batch_size`` rows at a time; SmoothGrad's ``nt_samples`` noisy copies; GradientSHAP's
-``n_samples`` points) goes through the model once, with one batched backward for all T targets.
+``n_samples`` points) goes through the model once, with one batched backward for all T targets
+(one target: Captum's own call, unchanged).
 Guided backprop and DeepLift (whose hooks change the backward pass) expand the ``B`` images ``T``
 times along the batch (image-major) with the list of ``B·T`` targets, so one Captum call serves
 every target, at most ``internal_batch_size`` model rows per pass. Perturbation methods (occlusion, feature ablation,
@@ -345,7 +346,8 @@ def attributions(model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, t
         for t in range(T):
             shared.t = t
             with _seeded(seed, x.device) if stochastic else nullcontext():
-                per_target.append(gradient_call(name, options, wrapped, x, list(range(B)), shared).detach())
+                per_target.append((gradient_call(name, options, wrapped, x, list(range(B)), shared) if T > 1 else
+                                   gradient_call(name, options, wrapped, x, [ts[0] for ts in targets])).detach())
         return torch.stack(per_target, 1)
     if spec.family == "gradient":
         rows = pixel_values.detach().repeat_interleave(T, 0)  # image-major: row b·T + t is image b, target t
@@ -357,13 +359,14 @@ def attributions(model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, t
         return out.reshape(B, T, *out.shape[1:])
     x = pixel_values.detach()
     mask = superpixels(x, options["segments"]) if "segments" in options else None
-    forward = Replay(wrapped)
+    forward = Replay(wrapped) if T > 1 else wrapped  # one target: nothing to replay
     per_target = []
     with torch.no_grad():
         for t in range(T):
             with _seeded(seed, x.device) if stochastic else nullcontext():
                 per_target.append(perturbation_call(name, options, forward, x, [ts[t] for ts in targets], mask).detach())
-            forward.replay()
+            if T > 1:
+                forward.replay()
     return torch.stack(per_target, 1)
 
 

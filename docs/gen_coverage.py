@@ -1,12 +1,20 @@
-"""Regenerate the coverage table: every transformers image-classification architecture.
+"""Regenerate the coverage tables: every transformers image-classification and zero-shot
+image-classification architecture.
 
     python docs/gen_coverage.py        # writes docs/coverage.md and docs/coverage.json
 
 Each architecture is built from a tiny random config (tests/tiny_archs.py) and explained with
-whatever recipe it dispatches to — an explicit one, or one derived by probing the model. For
-each input size the architecture accepts, GradCAM and DFF must give maps of the image's shape,
-finite and not constant. tests/test_coverage.py regenerates the rows and compares them with the
-checked-in JSON, so the table cannot drift from the code.
+whatever recipe it dispatches to — an explicit one, or one derived by probing the model — and
+the task the engine picks for it. For each input size the architecture accepts, GradCAM (and,
+for classifiers, DFF) must give maps of the image's shape, finite and not constant. Zero-shot
+models (``AutoModelForZeroShotImageClassification``: CLIP, SigLIP, ...) are explained for two
+text prompts through an offline character-level tokenizer (tests/tiny_archs.py's
+``CharTokenizer``); their explained scores are also compared with the model's own forward
+(``logits_per_image``, softmax or SigLIP's sigmoid). tests/test_coverage.py regenerates the rows
+and compares them with the checked-in JSON, so the tables cannot drift from the code.
+
+coverage.json is ``{"rows": [...]}``: one row per architecture, each naming its ``table``
+(``"image-classification"`` or ``"zero-shot-image-classification"``).
 """
 
 from __future__ import annotations
@@ -23,14 +31,19 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+CLASSIFICATION = "image-classification"
+ZERO_SHOT = "zero-shot-image-classification"
+PROMPTS = ["a dog", "a cat on a sofa"]  # the zero-shot targets (through the task's default template)
+ATTENTION_METHODS = ("attention", "rollout", "gradient-rollout", "legrad")
 
 
-def _check(model, processor, method: str) -> str:
+def _check(model, processor, method: str, **kwargs) -> str:
     import xai_recipes
 
     try:
         options = {"n_components": 2} if method == "dff" else {}
-        exp = xai_recipes.explain(model, IMAGE, processor=processor, top_k=2, method=method, **options)
+        kwargs = kwargs or {"top_k": 2}
+        exp = xai_recipes.explain(model, IMAGE, processor=processor, method=method, **kwargs, **options)
     except xai_recipes.XAIRecipesError as exc:
         return f"no: {type(exc).__name__}"
     ok = exp.heatmaps.shape[1:] == IMAGE.shape[:2] and np.isfinite(exp.heatmaps).all() and exp.heatmaps[0].std() > 1e-3
@@ -38,7 +51,20 @@ def _check(model, processor, method: str) -> str:
 
 
 def rows() -> list[dict]:
-    """One row per architecture (deterministic: no timings)."""
+    """One row per architecture, the image-classification table's then the zero-shot table's
+    (deterministic: no timings)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only add contention
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return classification_rows() + zero_shot_rows()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def classification_rows() -> list[dict]:
+    """One row per ``AutoModelForImageClassification`` architecture."""
     import tiny_archs as A
     from transformers import ViTImageProcessor
 
@@ -46,54 +72,122 @@ def rows() -> list[dict]:
     from xai_recipes.capture import module_names
 
     out = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for model_type in A.ARCHITECTURES:
-                row = {"model_type": model_type, "class": A.model_class(model_type).__name__, "recipe": "",
-                       "status": "", "layer": "", "gradcam": {}, "dff": {}, "default_method": "", "default": {},
-                       "attention_methods": [], "note": ""}
-                out.append(row)
-                if model_type in A.UNBUILDABLE:
-                    row.update(status="unbuildable here", note=A.UNBUILDABLE[model_type])
-                    continue
-                model = A.tiny_model(model_type)
-                try:
-                    recipe = xai_recipes.find_recipe(model)
-                except xai_recipes.NoRecipeError as exc:
-                    reason = str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
-                    if model_type in A.NOT_PIXEL_CLASSIFIERS:  # the probe's pixel_values cannot run it
-                        reason = f"not a pixel_values classifier: {A.NOT_PIXEL_CLASSIFIERS[model_type]}"
-                    row.update(status="unsupported", note=reason)
-                    continue
-                derived = recipe.name.startswith("derived:")
-                row.update(recipe=recipe.name, status="derived" if derived else "explicit",
-                           layer=", ".join(module_names(model, recipe.target_layers(model))))
-                row["default_method"] = recipe.default_method
-                row["attention_methods"] = [m for m in ("attention", "rollout", "gradient-rollout", "legrad")
-                                            if xai_recipes.get_method(m).why_not(model, recipe) is None]
-                if derived and recipe.head is None:
-                    row["note"] = "DFF: neither a linear head nor the model's own tail reproduces the logits from the pooled features"
-                elif "dff" in recipe.unsupported:
-                    row["note"] = f"DFF: {recipe.unsupported['dff']}"
-                for h, w in A.SIZES[model_type]:
-                    processor = ViTImageProcessor(size={"height": h, "width": w})
-                    row["gradcam"][f"{h}x{w}"] = _check(model, processor, "gradcam")
-                    row["dff"][f"{h}x{w}"] = _check(model, processor, "dff")
-                    row["default"][f"{h}x{w}"] = (row["gradcam"][f"{h}x{w}"] if recipe.default_method == "gradcam"
-                                                  else _check(model, processor, recipe.default_method))
-    finally:
-        torch.set_num_threads(threads)
+    for model_type in A.ARCHITECTURES:
+        row = {"table": CLASSIFICATION, "model_type": model_type, "class": A.model_class(model_type).__name__,
+               "recipe": "", "status": "", "layer": "", "task": "", "gradcam": {}, "dff": {},
+               "default_method": "", "default": {}, "attention_methods": [], "note": ""}
+        out.append(row)
+        if model_type in A.UNBUILDABLE:
+            row.update(status="unbuildable here", note=A.UNBUILDABLE[model_type])
+            continue
+        model = A.tiny_model(model_type)
+        try:
+            recipe = xai_recipes.find_recipe(model)
+        except xai_recipes.NoRecipeError as exc:
+            reason = str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
+            if model_type in A.NOT_PIXEL_CLASSIFIERS:  # the probe's pixel_values cannot run it
+                reason = f"not a pixel_values classifier: {A.NOT_PIXEL_CLASSIFIERS[model_type]}"
+            row.update(status="unsupported", note=reason)
+            continue
+        derived = recipe.name.startswith("derived:")
+        try:
+            task = xai_recipes.find_task(model, recipe).name
+        except xai_recipes.TaskNotApplicableError as exc:  # explain() refuses the model too: the checks show it
+            task = f"none ({type(exc).__name__})"
+        row.update(recipe=recipe.name, status="derived" if derived else "explicit",
+                   layer=", ".join(module_names(model, recipe.target_layers(model))), task=task)
+        row["default_method"] = recipe.default_method
+        row["attention_methods"] = [m for m in ATTENTION_METHODS
+                                    if xai_recipes.get_method(m).why_not(model, recipe) is None]
+        if derived and recipe.head is None:
+            row["note"] = "DFF: neither a linear head nor the model's own tail reproduces the logits from the pooled features"
+        elif "dff" in recipe.unsupported:
+            row["note"] = f"DFF: {recipe.unsupported['dff']}"
+        for h, w in A.SIZES[model_type]:
+            processor = ViTImageProcessor(size={"height": h, "width": w})
+            row["gradcam"][f"{h}x{w}"] = _check(model, processor, "gradcam")
+            row["dff"][f"{h}x{w}"] = _check(model, processor, "dff")
+            row["default"][f"{h}x{w}"] = (row["gradcam"][f"{h}x{w}"] if recipe.default_method == "gradcam"
+                                          else _check(model, processor, recipe.default_method))
     return out
 
 
-def markdown(table: list[dict]) -> str:
-    def cell(results: dict) -> str:
-        return ", ".join(f"{size} {res}" for size, res in results.items()) or "–"
+def _forward_scores(model, recipe, processor) -> str:
+    """``"ok"`` if the explained prompt scores equal the model's own forward pass on the same inputs
+    (``logits_per_image``; SigLIP's sigmoid, else softmax), else how far they are."""
+    import xai_recipes
+    from xai_recipes.tasks.zero_shot import TEMPLATE, sigmoid_scores, text_inputs
 
+    try:
+        exp = xai_recipes.explain(model, IMAGE, target=PROMPTS, processor=processor, method="gradcam")
+        text = text_inputs(model, processor.tokenizer, [TEMPLATE.format(p) for p in PROMPTS], None)
+        pixels = recipe.image_tensor(processor(images=IMAGE, return_tensors="pt"))
+        with torch.no_grad():
+            logits = model(**text, **recipe.model_inputs(model, pixels)).logits_per_image.float()
+    except Exception as exc:  # noqa: BLE001 - the forward's own failure is the finding
+        return f"no: {type(exc).__name__}"
+    expected = (logits.sigmoid() if sigmoid_scores(model) else logits.softmax(-1))[0].numpy()
+    gap = float(np.abs(np.asarray(exp.scores) - expected).max())
+    return "ok" if gap < 1e-4 else f"no: differ by {gap:.1e}"
+
+
+def zero_shot_rows() -> list[dict]:
+    """One row per ``AutoModelForZeroShotImageClassification`` architecture, explained for ``PROMPTS``."""
+    import tiny_archs as A
+
+    import xai_recipes
+    from xai_recipes.capture import module_names
+
+    out = []
+    for model_type in A.ZERO_SHOT_ARCHITECTURES:
+        row = {"table": ZERO_SHOT, "model_type": model_type, "class": A.zero_shot_class(model_type).__name__,
+               "recipe": "", "status": "", "layer": "", "task": "", "gradcam": {}, "default_method": "", "default": {},
+               "attention_methods": [], "scores": "", "note": ""}
+        out.append(row)
+        if model_type in A.ZERO_SHOT_UNBUILDABLE:
+            row.update(status="unbuildable here", note=A.ZERO_SHOT_UNBUILDABLE[model_type])
+            continue
+        model = A.tiny_zero_shot_model(model_type)
+        try:
+            recipe = xai_recipes.find_recipe(model)
+        except xai_recipes.NoRecipeError as exc:
+            reason = str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
+            row.update(status="unsupported", note=f"{type(exc).__name__}: {reason}")
+            continue
+        try:
+            task = xai_recipes.find_task(model, recipe, PROMPTS)
+        except xai_recipes.TaskNotApplicableError as exc:
+            why = xai_recipes.get_task(ZERO_SHOT).why_not(model, recipe, PROMPTS)
+            row.update(status="unsupported", note=f"{type(exc).__name__} (recipe {recipe.name} found): {why}")
+            continue
+        derived = recipe.name.startswith("derived:")
+        row.update(recipe=recipe.name, status="derived" if derived else "explicit", task=task.name,
+                   layer=", ".join(module_names(model, recipe.target_layers(model))),
+                   default_method=recipe.default_method,
+                   attention_methods=[m for m in ATTENTION_METHODS
+                                      if xai_recipes.get_method(m).why_not(model, recipe) is None])
+        for h, w in A.ZERO_SHOT_SIZES[model_type]:
+            processor = A.zero_shot_processor(model, h, w)
+            size = f"{h}x{w}"
+            row["gradcam"][size] = _check(model, processor, "gradcam", target=PROMPTS)
+            row["default"][size] = (row["gradcam"][size] if recipe.default_method == "gradcam"
+                                    else _check(model, processor, recipe.default_method, target=PROMPTS))
+        row["scores"] = _forward_scores(model, recipe, A.zero_shot_processor(model, *A.ZERO_SHOT_SIZES[model_type][0]))
+    return out
+
+
+def _cell(results: dict) -> str:
+    return ", ".join(f"{size} {res}" for size, res in results.items()) or "–"
+
+
+def _counts(table: list[dict]) -> str:
     counts = {s: sum(r["status"] == s for r in table) for s in ("explicit", "derived", "unsupported", "unbuildable here")}
+    return ", ".join(f"**{n}** {s}" for s, n in counts.items()) + "."
+
+
+def markdown(rows: list[dict]) -> str:
+    table = [r for r in rows if r["table"] == CLASSIFICATION]
+    cell = _cell
     lines = [
         "# Coverage",
         "",
@@ -101,27 +195,53 @@ def markdown(table: list[dict]) -> str:
         "config and explained with the recipe it dispatches to. *ok*: maps of the image's shape, finite,",
         "not constant. Generated by `python docs/gen_coverage.py`; checked by `tests/test_coverage.py`.",
         "",
-        ", ".join(f"**{n}** {s}" for s, n in counts.items()) + ".",
+        _counts(table),
         "",
-        "*default*: the recipe's default method (`explain(model, image)` without `method=`); *attention*: the",
-        "attention methods that apply (the recipe declares or the probe found the attention probabilities).",
+        "*task*: what `explain(model, image)` explains (the registry's `find_task`); *default*: the recipe's",
+        "default method (`explain(model, image)` without `method=`); *attention*: the attention methods that",
+        "apply (the recipe declares or the probe found the attention probabilities).",
         "",
-        "| architecture | class | status | recipe | target layer | GradCAM | DFF | default | attention | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| architecture | class | status | recipe | target layer | task | GradCAM | DFF | default | attention | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(f"| {r['model_type']} | {r['class']} | {r['status']} | {r['recipe'] or '–'} | "
-                     f"`{r['layer']}` | {cell(r['gradcam'])} | {cell(r['dff'])} | "
+                     f"`{r['layer']}` | {r['task'] or '–'} | {cell(r['gradcam'])} | {cell(r['dff'])} | "
                      f"{r['default_method']}: {cell(r['default'])} | {', '.join(r['attention_methods']) or '–'} | "
                      f"{r['note'].replace('|', '/')} |"
                      if r["layer"] else
-                     f"| {r['model_type']} | {r['class']} | {r['status']} | – | – | – | – | – | – | {r['note'].replace('|', '/')} |")
+                     f"| {r['model_type']} | {r['class']} | {r['status']} | – | – | – | – | – | – | – | {r['note'].replace('|', '/')} |")
+    zero_shot = [r for r in rows if r["table"] == ZERO_SHOT]
+    lines += [
+        "",
+        "## Zero-shot image classification",
+        "",
+        f"Every zero-shot image-classification architecture in transformers ({len(zero_shot)}), built from a tiny",
+        "random config (`AutoModelForZeroShotImageClassification.from_config`, shrunk vision and text towers)",
+        f"and explained for the prompts {', '.join(repr(p) for p in PROMPTS)} (`explain(model, image, target=[...],",
+        "processor=...)`, the task's default template) through an offline character-level tokenizer.",
+        "*scores*: the explained prompt probabilities equal the model's own forward pass (`logits_per_image`,",
+        "softmax, or SigLIP's sigmoid) on the same inputs, within 1e-4. *unsupported*: the engine's own typed",
+        "error, as `explain()` raises it.",
+        "",
+        _counts(zero_shot),
+        "",
+        "| architecture | class | status | recipe | target layer | task | GradCAM | default | attention | scores | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in zero_shot:
+        note = r["note"].replace("|", "/")
+        lines.append(f"| {r['model_type']} | {r['class']} | {r['status']} | {r['recipe']} | `{r['layer']}` | {r['task']} | "
+                     f"{cell(r['gradcam'])} | {r['default_method']}: {cell(r['default'])} | "
+                     f"{', '.join(r['attention_methods']) or '–'} | {r['scores']} | {note} |"
+                     if r["layer"] else
+                     f"| {r['model_type']} | {r['class']} | {r['status']} | – | – | – | – | – | – | – | {note} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     table = rows()
-    (DOCS / "coverage.json").write_text(json.dumps(table, indent=1) + "\n")
+    (DOCS / "coverage.json").write_text(json.dumps({"rows": table}, indent=1) + "\n")
     (DOCS / "coverage.md").write_text(markdown(table))
     print(markdown(table))
 

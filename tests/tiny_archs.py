@@ -300,3 +300,125 @@ if __name__ == "__main__":
     print(f"tiny_model + forwards: {spent:.2f}s; wall {time.perf_counter() - start:.2f}s for {len(only)} architectures "
           f"({torch.get_num_threads()} thread(s)); failed: {failed}")
     sys.exit(1 if failed else 0)
+
+
+# --- zero-shot image classification (dual encoders explained by text prompts) -------------------
+
+from transformers.models.auto.modeling_auto import MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES  # noqa: E402
+
+ZERO_SHOT_ARCHITECTURES: list[str] = list(MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+
+# Text towers: ids 0 pad, 1 start, 3 end, 4.. characters (CharTokenizer). Not 2 for the end: CLIP-family text
+# towers then pool at argmax(ids) (the legacy rule), a character of the shared template, not the end token.
+_ZS_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=3)
+_ZS_TEXT = dict(_TEXT_TOWER, **_ZS_IDS)
+_ZS_BERT = dict(_ZS_TEXT, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+ZERO_SHOT_OVERRIDES: dict[str, dict[str, Any]] = {
+    "align": dict(vision_config=dict(image_size=64, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128,
+                                     drop_connect_rate=0.0), text_config=_ZS_BERT, projection_dim=32),
+    "altclip": dict(vision_config=_VIT_TOWER, text_config=dict(_ZS_BERT, project_dim=32), projection_dim=32),
+    # BLIP's vision initializer_range defaults to 1e-10: the image would barely move the scores
+    "blip": dict(vision_config=dict(_VIT_TOWER, initializer_range=0.02), text_config=dict(_ZS_BERT, encoder_hidden_size=32),
+                 projection_dim=32, image_text_hidden_size=32),
+    "blip-2": dict(vision_config=dict(_VIT_TOWER, initializer_range=0.02), num_query_tokens=4, image_text_hidden_size=16,
+                   qformer_config=dict(_ZS_BERT, encoder_hidden_size=32, cross_attention_frequency=1),
+                   text_config=dict(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
+                                    word_embed_proj_dim=32, **_ZS_IDS)),
+    "chinese_clip": dict(vision_config=_VIT_TOWER, text_config=_ZS_BERT, projection_dim=32),
+    "clip": dict(vision_config=_VIT_TOWER, text_config=_ZS_TEXT, projection_dim=32),
+    "clipseg": dict(vision_config=_VIT_TOWER, text_config=_ZS_TEXT, projection_dim=32, extract_layers=[1],
+                    reduce_dim=16),
+    "metaclip_2": dict(vision_config=_VIT_TOWER, text_config=_ZS_TEXT, projection_dim=32),
+    "siglip": dict(vision_config=_VIT_TOWER, text_config=_ZS_TEXT),
+    "siglip2": dict(vision_config={**_VIT_TOWER, "num_patches": 64}, text_config=_ZS_TEXT),
+    "tipsv2": dict(vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=64,
+                                      patch_size=8, out_features=None, out_indices=None, stage_names=None),
+                   text_config=_ZS_TEXT),
+    "videoprism": dict(vision_config=dict(image_size=64, num_frames=1, tubelet_size=[1, 8, 8], hidden_size=32,
+                                          num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
+                                          num_temporal_layers=1, num_auxiliary_layers=1),
+                       text_config=_ZS_TEXT),
+}
+
+# Input sizes (h, w) explained; 64×64 first, 64×96 where the model takes other sizes.
+ZERO_SHOT_SIZES: dict[str, list[tuple[int, int]]] = {mt: ANY for mt in ZERO_SHOT_ARCHITECTURES}
+ZERO_SHOT_UNBUILDABLE: dict[str, str] = {}
+
+
+def zero_shot_config(model_type: str) -> T.PretrainedConfig:
+    """The config class's defaults for ``model_type`` with shrunk towers (``ZERO_SHOT_OVERRIDES``)."""
+    cls = CONFIG_MAPPING[model_type]
+    kwargs = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+              for k, v in ZERO_SHOT_OVERRIDES.get(model_type, {}).items()}
+    config = cls(**kwargs)
+    config.architectures = [zero_shot_class(model_type).__name__]
+    return config
+
+
+def zero_shot_class(model_type: str) -> type:
+    name = MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
+    return getattr(T, name[0] if isinstance(name, tuple) else name)
+
+
+def tiny_zero_shot_model(model_type: str) -> torch.nn.Module:
+    """Random-init zero-shot model from ``zero_shot_config`` (seed 0), BatchNorm calibrated, in eval mode."""
+    from transformers import AutoModelForZeroShotImageClassification
+
+    if model_type in ZERO_SHOT_UNBUILDABLE:
+        raise RuntimeError(f"{model_type}: {ZERO_SHOT_UNBUILDABLE[model_type]}")
+    torch.manual_seed(0)
+    model = AutoModelForZeroShotImageClassification.from_config(zero_shot_config(model_type)).eval()
+    calibrate_batchnorm(getattr(model, "vision_model", model))  # the image tower alone runs on pixel_values
+    return model.eval()
+
+
+class CharTokenizer:
+    """An offline character-level tokenizer: ``[1] + (4 + ord(c) mod (vocab - 4)) ... + [3]``, padded with 0.
+
+    Called as ``zero_shot.text_inputs`` calls a transformers tokenizer (``truncation=False`` to
+    measure, then ``return_tensors="pt"`` with ``padding`` and ``max_length``)."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 3
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_token_id] + [4 + ord(c) % (self.vocab_size - 4) for c in text] + [self.eos_token_id]
+
+    def __call__(self, texts, return_tensors=None, padding=False, truncation=False, max_length=None, **_: Any):
+        ids = [self.encode(t) for t in ([texts] if isinstance(texts, str) else texts)]
+        if truncation and max_length:
+            ids = [x[: max_length - 1] + [self.eos_token_id] if len(x) > max_length else x for x in ids]
+        if padding in (True, "longest", "max_length"):
+            width = max_length if padding == "max_length" and max_length else max(map(len, ids))
+            ids = [x + [self.pad_token_id] * (width - len(x)) for x in ids]
+        mask = [[int(i != self.pad_token_id) for i in x] for x in ids]
+        if return_tensors == "pt":
+            return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class TextImageProcessor:
+    """An image processor and a tokenizer in one object, as ``AutoProcessor`` gives for a dual encoder."""
+
+    def __init__(self, image_processor: Any, tokenizer: Any) -> None:
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, images=None, return_tensors="pt", **kwargs: Any):
+        return self.image_processor(images=images, return_tensors=return_tensors, **kwargs)
+
+    def to_json_string(self) -> str:
+        return self.image_processor.to_json_string()
+
+
+def zero_shot_processor(model: torch.nn.Module, height: int, width: int) -> TextImageProcessor:
+    """A ``height×width`` ViT image processor with a :class:`CharTokenizer` within ``model``'s text vocabulary."""
+    from transformers import ViTImageProcessor
+
+    config = model.config
+    text = getattr(config, "text_config", None)
+    vocab = getattr(text, "vocab_size", None) or getattr(getattr(config, "qformer_config", None), "vocab_size", 128)
+    return TextImageProcessor(ViTImageProcessor(size={"height": height, "width": width}), CharTokenizer(vocab))

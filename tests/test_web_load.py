@@ -97,11 +97,6 @@ def _top(predictions) -> tuple[str, float]:
     return best["label"], best["confidence"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured (8 × 25 requests, concurrency 2): 197 answers all their own request's (label, probability, overlay "
-    "width), p50 2.3 s, p95 3.0 s, server RSS +19 MiB, but 3 requests failed: 'peer closed connection without "
-    "sending complete message body' / h11 'Too much data for declared Content-Length' in the server — two users "
-    "given byte-identical results at once share gradio's content-addressed cache file, rewritten while served"))
 def test_concurrent_clients_each_get_their_own_answers_and_memory_stays_bounded(server, images, tmp_path):
     url, proc, log = server
     server_process = psutil.Process(proc.pid)

@@ -21,9 +21,10 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, before gradio is imported
 
@@ -167,9 +168,23 @@ CONCURRENCY = 2
 MAX_QUEUE = 64
 
 
-def _save(exp: Any) -> str:
+#: EXIF tag ImageUniqueID: each request's overlays carry their own, so their bytes are their own.
+_UNIQUE_ID = 0xA420
+
+
+def _save(exp: Any, images: Sequence[Image.Image] = ()) -> str:
     """The explanation as a zip of ``explanation.npz`` + ``.json`` + ``.png`` in a fresh temporary
-    folder (gradio serves a copy; only the latest ``KEEP_RUNS`` folders are kept)."""
+    folder of this request's own (gradio serves a copy; only the latest ``KEEP_RUNS`` folders are
+    kept), and ``images`` (the overlays the page shows) stamped with a unique id; the zip's path.
+
+    No file served to one user is ever rewritten for another. Gradio keeps its copies of results
+    under the hash of their bytes: a returned *file* is copied there atomically (a temporary name,
+    then a rename; an existing copy is reused, never rewritten), but a returned PIL image is
+    encoded and written in place, ``write_bytes`` truncating first, so two users given identical
+    overlays at once shared one cache file that one request rewrote while the other's download of
+    it was being served (the load test's truncated responses). Each overlay therefore gets this
+    request's own id in its EXIF ``ImageUniqueID`` tag (and a text entry), which gradio's WebP (PNG) encoding keeps: its
+    bytes, hence its cache file, belong to this request alone, written once."""
     folder = Path(tempfile.mkdtemp(prefix="xai-recipes-web-"))
     with _RUNS_LOCK:
         _RUNS.append(folder)
@@ -183,6 +198,12 @@ def _save(exp: Any) -> str:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in files:
             zf.write(f, f.name)
+    request = uuid.uuid4().hex
+    for i, image in enumerate(images):
+        exif = image.getexif()
+        exif[_UNIQUE_ID] = f"{request}-{i}"
+        image.info["exif"] = exif.tobytes()
+        image.info["xai-recipes-request"] = f"{request}-{i}"  # PNG keeps text, not EXIF
     return str(archive)
 
 
@@ -226,7 +247,7 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
                                  visible=bool(heads))
         predictions = {label: float(p) for _, label, p in exp.predictions}
         progress(0.95, desc="saving")
-        download = _save(exp)
+        download = _save(exp, [picture for picture, _ in overlays] + heads)
     except Exception as exc:
         return (_message(exc, upload), *empty)
     status = f"Explained with **{exp.recipe} / {exp.method}** at `{', '.join(exp.target_layers) or '-'}`."

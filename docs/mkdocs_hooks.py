@@ -30,7 +30,9 @@ def on_config(config):
         if isinstance(entry, dict) and "Gallery" in entry:
             pages = sorted(p.name for p in (docs / "gallery").glob("*.md") if p.name != "index.md")
             methods = sorted(p.name for p in (docs / "gallery" / "methods").glob("*.md"))
+            tasks = sorted(p.name for p in (docs / "gallery" / "tasks").glob("*.md"))
             nav[i] = {"Gallery": ["gallery/index.md", *(f"gallery/{name}" for name in pages),
+                                  *([{"Tasks": [f"gallery/tasks/{name}" for name in tasks]}] if tasks else []),
                                   *([{"Methods": [f"gallery/methods/{name}" for name in methods]}] if methods else [])]}
     listed = any(isinstance(e, dict) and "coverage.md" in e.values() for e in nav)
     if (docs / "coverage.md").is_file() and not listed:

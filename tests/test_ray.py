@@ -222,3 +222,25 @@ def test_a_really_killed_run_resumes_without_explaining_written_images_again(loc
     assert sorted(r["source"] for r in rerun) == sorted(set(files) - set(written))
     assert {f: os.stat(str(output_base(f, out, folder)) + ".json").st_mtime_ns for f in written} == stamps
     assert all(is_written(f, out, folder) for f in files)
+
+
+def test_zero_shot_prompts_on_ray_equal_single_process_explain(local_ray, images, tmp_path):
+    """A saved CLIP folder (random weights, offline tokenizer) explained by prompts on Ray actors."""
+    import torch
+
+    from xai_recipes.ray import explain_dataset
+    from zero_shot_models import as_processor, random_clip
+
+    model, tokenizer, image_processor = random_clip(torch.float32)
+    folder = tmp_path / "clip"
+    model.save_pretrained(folder)
+    as_processor(tokenizer, image_processor).save_pretrained(folder)
+    labels = ["a dog", "a cat on a sofa", "a red car"]
+    good = [f for f in _files(images) if not f.endswith("broken.jpg")][:2]
+    rows = _by_source(explain_dataset(good, str(folder), target=["a dog", "a red car"], labels=labels,
+                                      method="gradcam", batch_size=2, concurrency=1).take_all())
+    for path in good:
+        single, row = explain(str(folder), path, target=["a dog", "a red car"], labels=labels, method="gradcam"), rows[path]
+        assert row["error"] is None and list(row["labels"]) == single.labels == ["a dog", "a red car"]
+        np.testing.assert_allclose(row["scores"], single.scores, atol=1e-5)
+        np.testing.assert_allclose(row["heatmaps"], single.heatmaps, atol=1e-4)

@@ -9,6 +9,7 @@ directly with the recipe's layer and reshape; ``hf-hub:`` ids fail offline with 
 from __future__ import annotations
 
 import numpy as np
+import open_clip  # the clip extra, part of dev: missing is a failure, not a skip
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +18,6 @@ import xai_recipes
 from xai_recipes import ModelLoadError, explain
 from xai_recipes.methods.attention import mha_with_probs
 
-open_clip = pytest.importorskip("open_clip")
 PROMPTS = ["a dog", "a cat on a sofa", "a red car"]
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import XAIRecipesError, list_recipes, plugins, recipes  # the rest on use: `list` stays instant
 from .images import image_files
-from .options import parse_option, task_options
+from .options import add_task_arguments, parse_option, task_options
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -251,10 +251,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", nargs="+", metavar="LABEL",
                     help="label names or indices (default: top-k predictions); for CLIP / SigLIP free-text prompts, "
                          "e.g. --target 'a red car' 'a dog'")
-    ex.add_argument("--labels", nargs="+", metavar="PROMPT",
-                    help="zero-shot: the candidate prompts the probabilities are taken over (default: the targets)")
-    ex.add_argument("--template", help="zero-shot: prompt template (default 'This is a photo of {}.', as the pipeline)")
-    ex.add_argument("--no-template", action="store_true", help="zero-shot: use the prompts as given")
+    add_task_arguments(ex, "the targets")
     ex.add_argument("--task", help="image-classification, zero-shot-image-classification or image-feature-extraction "
                                    "(default: found from the model and target)")
     ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
@@ -301,10 +298,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--sanity", action="store_true", help="also run the parameter-randomisation sanity check per method")
     ev.add_argument("--format", choices=["table", "json", "csv"], default="table")
     ev.add_argument("--out", help="folder for rows.csv, evaluation.json and overlays")
-    ev.add_argument("--labels", nargs="+", metavar="PROMPT",
-                    help="zero-shot models: the candidate prompts (default: the data's category names)")
-    ev.add_argument("--template", help="zero-shot: prompt template (default 'This is a photo of {}.')")
-    ev.add_argument("--no-template", action="store_true", help="zero-shot: category names as given")
+    add_task_arguments(ev, "the data's category names")
     ev.add_argument("--recipe", help="recipe name, overriding dispatch by model type")
     ev.add_argument("--trust-remote-code", action="store_true")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")

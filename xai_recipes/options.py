@@ -30,3 +30,12 @@ def task_options(args: argparse.Namespace) -> dict[str, object]:
     elif getattr(args, "template", None) is not None:
         options["template"] = args.template
     return options
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, default_labels: str) -> None:
+    """``--labels``, ``--template`` and ``--no-template`` (read back by :func:`task_options`)."""
+    parser.add_argument("--labels", nargs="+", metavar="PROMPT",
+                        help=f"zero-shot models: the candidate prompts the probabilities are taken over (default: "
+                             f"{default_labels})")
+    parser.add_argument("--template", help="zero-shot: prompt template (default 'This is a photo of {}.', as the pipeline)")
+    parser.add_argument("--no-template", action="store_true", help="zero-shot: use the prompts as given")

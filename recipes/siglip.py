@@ -3,7 +3,9 @@
 The image embedding is the vision tower's attention-pooling head (a learned probe query attending
 to every token after ``post_layernorm``; no CLS token): ``get_image_features``. The evidence is read
 at ``post_layernorm``'s tokens, grid = input // patch size. SigLIP 2's NaFlex processor hands the
-model patches: the image tensor and model inputs are the SigLIP 2 classifier recipe's.
+model patches: the image tensor and model inputs are the SigLIP 2 classifier recipe's. Both share
+``model_type`` with their classifiers (``SiglipForImageClassification``, ...): ``matches`` picks the
+dual encoders (a text tower and a pooling head).
 Attention: every block's ``self_attn`` returns ``(output, probabilities)``; the **readout is the
 probe query's attention** (``Attention.pool``, the head's ``MultiheadAttention``): the attention
 methods read their row from it, rollout and gradient rollout weight the joint attention's rows by
@@ -42,26 +44,34 @@ ATTENTION = Attention(
     embed=lambda m: lambda z: tower(m).head(tower(m).post_layernorm(z)),
 )
 
+SIGLIP = Recipe(
+    name="siglip",
+    model_types=("siglip",),
+    matches=dual_encoder,
+    target_layers=lambda m: [tower(m).post_layernorm],
+    reshape=lambda x, m, hw: tokens_to_map(x, grid(m, *hw)),
+    inputs=clip.inputs,  # pixel_values, interpolate_pos_encoding=True
+    call=lambda m, kwargs: m.get_image_features(**kwargs),
+    embedding=embedding,
+    attention=ATTENTION,
+    default_method="gradient-rollout",
+    description="SigLIP: post_layernorm tokens (no CLS), probe-query readout; sigmoid prompt scores.",
+)
 
-def _recipe(name: str, model_type: str, **kwargs) -> Recipe:
-    return Recipe(
-        name=name,
-        model_types=(model_type,),
-        matches=dual_encoder,  # the SigLIP 2 *classifier* shares model_type "siglip2": its own recipe serves it
-        target_layers=lambda m: [tower(m).post_layernorm],
-        reshape=lambda x, m, hw: tokens_to_map(x, grid(m, *hw)),
-        call=lambda m, kwargs: m.get_image_features(**kwargs),
-        embedding=embedding,
-        attention=ATTENTION,
-        default_method="gradient-rollout",
-        **kwargs,
-    )
-
-
-SIGLIP = _recipe("siglip", "siglip", inputs=clip.inputs,
-                 description="SigLIP: post_layernorm tokens (no CLS), probe-query readout; sigmoid prompt scores.")
-SIGLIP2 = _recipe("siglip2-dual", "siglip2", image=siglip2.image, inputs=siglip2.inputs,
-                  description="SigLIP 2 dual encoder: NaFlex patches ↔ image, post_layernorm tokens, probe-query readout.")
+SIGLIP2 = Recipe(
+    name="siglip2-dual",
+    model_types=("siglip2",),
+    matches=dual_encoder,
+    target_layers=lambda m: [tower(m).post_layernorm],
+    reshape=lambda x, m, hw: tokens_to_map(x, grid(m, *hw)),
+    image=siglip2.image,  # NaFlex patches ↔ image
+    inputs=siglip2.inputs,
+    call=lambda m, kwargs: m.get_image_features(**kwargs),
+    embedding=embedding,
+    attention=ATTENTION,
+    default_method="gradient-rollout",
+    description="SigLIP 2 dual encoder: NaFlex patches ↔ image, post_layernorm tokens, probe-query readout.",
+)
 
 
 @hookimpl

@@ -86,7 +86,7 @@ def test_cli_shows_the_plugin(installed, capsys):
     assert cli.main(["plugins", "--format", "json"]) == 0
     found = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert found["deit"] == {"name": "deit", "distribution": DIST, "version": "0.1.0",
-                             "recipes": ["deit", "deit_distilled"], "methods": [], "error": None}
+                             "recipes": ["deit", "deit_distilled"], "methods": [], "tasks": [], "error": None}
     assert found["vit"]["distribution"] == "xai-recipes"
 
 

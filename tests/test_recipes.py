@@ -58,9 +58,22 @@ def builtin_models():
 MODELS = builtin_models()
 
 
+#: Recipes explained through an embedding (zero-shot prompts, image similarity) → the test file running them on
+#: models of their family (random and trained CLIP / SigLIP / SigLIP 2, open_clip, the real DINOv2).
+EMBEDDING_RECIPES = {"clip": "test_zero_shot.py", "siglip": "test_zero_shot.py", "siglip2-dual": "test_zero_shot.py",
+                     "open_clip": "test_open_clip.py", "dinov2-backbone": "test_similarity.py"}
+
+
 def test_every_builtin_recipe_has_a_tiny_model():
-    builtin = {r.name for r in xai_recipes.recipes().values() if r.plugin in {p.name for p in xai_recipes.plugins() if p.distribution == "xai-recipes"}}
-    assert builtin == set(MODELS), "a built-in recipe is registered without a test model (or vice versa)"
+    from pathlib import Path
+
+    recipes = xai_recipes.recipes()
+    builtin = {r.name for r in recipes.values() if r.plugin in {p.name for p in xai_recipes.plugins() if p.distribution == "xai-recipes"}}
+    classifiers = {name for name in builtin if recipes[name].embedding is None}
+    assert classifiers == set(MODELS), "a built-in recipe is registered without a test model (or vice versa)"
+    assert builtin - classifiers == set(EMBEDDING_RECIPES), "an embedding recipe without its test (or vice versa)"
+    for name, file in EMBEDDING_RECIPES.items():
+        assert f'"{name}"' in (Path(__file__).parent / file).read_text(), f"{file} does not run recipe {name}"
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -49,7 +49,7 @@ def test_scores_equal_the_pipeline(family, template):
         expected = {r["label"]: r["score"] for r in pipe(image(seed), candidate_labels=PROMPTS, hypothesis_template=template)}
         exp = explain(model, image(seed), target=PROMPTS, processor=as_processor(tokenizer, image_processor),
                       method="gradcam", template=template)
-        assert exp.task == "zero-shot-image-classification" and exp.labels == PROMPTS
+        assert exp.task == "zero-shot-image-classification" and exp.labels == PROMPTS and exp.recipe == name
         np.testing.assert_allclose(exp.scores, [expected[p] for p in PROMPTS], atol=1e-5)
         assert (abs(sum(exp.scores) - 1) < 1e-5) == (name == "clip")  # softmax vs independent sigmoid
     # a target among labels=: the probabilities are over the labels, the map is the target's
@@ -317,3 +317,38 @@ def test_evaluate_uses_the_category_names_as_prompts(family):
                       method="gradcam")
         assert row["probability"] == pytest.approx(exp.scores[0], abs=1e-6)
         assert 0 <= row["deletion"] <= 1
+
+
+def test_siglip2_naflex_scores_equal_the_pipeline_and_maps_follow_the_prompt():
+    """A random SigLIP 2 dual encoder with its NaFlex processor: recipe "siglip2-dual" (patches ↔ image)."""
+    import transformers as T
+
+    from zero_shot_models import siglip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = siglip_tokenizer()
+    config = T.Siglip2Config(
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=tokenizer.vocab_size, max_position_embeddings=64, pad_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           patch_size=8, num_patches=64))
+    model = T.Siglip2Model(config).eval()
+    image_processor = T.Siglip2ImageProcessor(patch_size=8, max_num_patches=64)
+
+    class Processor:  # what AutoProcessor gives: the image processor's call, and the tokenizer
+        def __init__(self):
+            self.tokenizer = tokenizer
+
+        def __call__(self, images=None, return_tensors="pt"):
+            return image_processor(images=images, return_tensors=return_tensors)
+
+        def to_json_string(self):
+            return image_processor.to_json_string()
+
+    pipe = pipeline("zero-shot-image-classification", model=model, tokenizer=tokenizer, image_processor=image_processor)
+    expected = {r["label"]: r["score"] for r in pipe(image(0), candidate_labels=PROMPTS)}
+    for method in ("gradcam", "gradient-rollout", "legrad"):
+        exp = explain(model, image(0), target=PROMPTS, processor=Processor(), method=method)
+        assert exp.recipe == "siglip2-dual" and exp.heatmaps.shape == (3, 40, 50)
+        np.testing.assert_allclose(exp.scores, [expected[p] for p in PROMPTS], atol=1e-5)
+        assert np.abs(exp.heatmaps[0] - exp.heatmaps[1]).max() > 1e-3

@@ -311,7 +311,8 @@ EXAMPLES: dict[str, Callable[[], Example | None]] = {
                         "tiny DINOv2 trained on the synthetic shapes task (`tests/trained/dinov2`, frozen)", random_gam),
     "siglip2": trained("siglip2", "the tiny SigLIP 2 image classifier trained on the synthetic shapes task with its "
                        "own NaFlex processor (patch 8, at most 64 patches)", random_siglip2),
-    "clip": trained_zero_shot("clip", "CLIP"),  # SigLIP: no trained tiny model yet (its training has not converged)
+    "clip": trained_zero_shot("clip", "CLIP"),
+    "siglip": trained_zero_shot("siglip", "SigLIP"),
     "dinov2-backbone": real_dinov2_similarity,
 }
 

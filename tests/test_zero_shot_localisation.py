@@ -27,6 +27,14 @@ N_OTHERS = 30  # the other methods' recorded shares (a make_scenes prefix: the s
 METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "attention", "rollout", "gradient-rollout", "legrad")
 GOAL = 0.85
 
+#: family → why its default method's prompt maps fall short of GOAL (measured on this file's scenes).
+PROMPT_SHORT = {
+    "siglip": "the tiny SigLIP reads each prompt's own digit — erasing it lowers that prompt's score more than erasing "
+              "the other digit for 60 of 60 prompts — but no gradient or attention method localises that through its "
+              "probe-query pooling: gradient rollout, the best of them and the default, puts the peak on the prompt's "
+              "digit in {own:.2f} (the other digit {other:.2f}); LeGrad 0.57, GradCAM 0.17. Perturbation finds it: "
+              "Captum occlusion 0.83 (signed=True: 0.90, other 0.00) on 60 prompts, at a forward pass per window",
+}
 #: family → why a crop's similarity map cannot find its digit often enough: an occlusion measurement of the model
 #: itself (tests/test_zero_shot_localisation.py's scenes, 60 crops): erasing the crop's own digit from the scene
 #: (median colour) lowers the cosine similarity more than erasing the other digit in only this share of crops.
@@ -35,6 +43,10 @@ SIMILARITY_SHORT = {
             "digit lowers the cosine more than erasing the other digit in only 0.65 of crops (mean drops 0.20 vs "
             "0.12), so a faithful map cannot find the crop's digit in 0.85; {method} puts the peak on it in {own:.2f} "
             "(on the other digit in {other:.2f})",
+    "siglip": "the tiny SigLIP's image embedding barely tells the crop's digit from the other one: erasing the crop's "
+              "own digit lowers the cosine more than erasing the other digit in only 0.60 of crops, so a faithful map "
+              "cannot find the crop's digit in 0.85; {method} puts the peak on it in {own:.2f} (on the other digit "
+              "in {other:.2f})",
 }
 
 
@@ -44,9 +56,7 @@ def inside(heatmap: np.ndarray, box) -> bool:
     return bool(x0 <= x <= x1 and y0 <= y <= y1)
 
 
-#: The trained tiny zero-shot models. SigLIP's is not among them yet: trained the same way (sigmoid loss, label-aware
-#: targets, 5,000 steps) it reached 0.42 zero-shot accuracy on held-out scenes (tests/trained/train_zeroshot.py).
-FAMILIES = ["clip"]
+FAMILIES = ["clip", "siglip"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -87,12 +97,14 @@ def test_zero_shot_accuracy_through_the_pipeline(trained):
     assert right / len(scenes) >= 0.9
 
 
-def test_each_prompt_puts_the_default_methods_peak_on_its_own_digit(trained, shares):
+def test_each_prompt_puts_the_default_methods_peak_on_its_own_digit(trained, shares, request):
     name = trained[0]
     default = xai_recipes.find_recipe(trained[2]).default_method
     best = max(shares, key=lambda m: shares[m][0])
     assert shares[default][0] >= shares[best][0] - 0.05, f"{name}: default {default} {shares[default]}, best {best}"
     own, other = shares[default]
+    if name in PROMPT_SHORT and own < GOAL:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=PROMPT_SHORT[name].format(own=own, other=other)))
     assert own >= GOAL and other <= 1 - GOAL, f"{name} {default}: own {own:.3f}, other {other:.3f}"
 
 

@@ -17,7 +17,7 @@ from . import hfdata, layers, loading, registry
 from .errors import ImageError, ImageSkippedWarning, MethodNotApplicableError, ModelOutputError, XAIRecipesError
 from .explanation import Explanation
 from .geometry import Geometry, measure
-from .images import ImageInput, image_files, load_image
+from .images import ImageInput, image_files, is_image_target, load_image
 from .capture import module_names
 from .lru import LRU
 from .method import Batch, Method
@@ -247,7 +247,7 @@ def explain(
     if on_error not in ("raise", "warn") and not callable(on_error):
         raise XAIRecipesError(f"on_error must be 'raise', 'warn' or a callable, got {on_error!r}")
     model, processor = loading.load(model, processor, device, trust_remote_code,
-                                    backbone=chosen_task is not None or _is_image_target(target))
+                                    backbone=chosen_task is not None or is_image_target(target))
     chosen = registry.find_recipe(model, recipe)
     chosen_task = registry.find_task(model, chosen, target, chosen_task)
     chosen_method = chosen_method or registry.get_method(chosen.default_method)
@@ -274,9 +274,3 @@ def explain(
         return run.stream(_sources(image), batch_size, on_error)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None
     return run.explain([run.prepare(source, image)])[0]
-
-
-def _is_image_target(target: Any) -> bool:
-    """Whether ``target`` is a reference image (or a list of them): image similarity, not labels."""
-    items = target if isinstance(target, (list, tuple)) else [target]
-    return bool(items) and all(isinstance(t, (Image.Image, np.ndarray, bytes, bytearray)) for t in items)

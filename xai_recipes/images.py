@@ -216,3 +216,10 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     Image.init()
     extensions = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt not in BLOCKED_FORMATS}
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+def is_image_target(target: object) -> bool:
+    """Whether ``target`` is a reference image (PIL image, array, encoded bytes) or a list of them: image
+    similarity's target, not a label or a prompt (paths count only where the task is named)."""
+    items = target if isinstance(target, (list, tuple)) else [target]
+    return bool(items) and all(isinstance(t, (Image.Image, np.ndarray, bytes, bytearray)) for t in items)

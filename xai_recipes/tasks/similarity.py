@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ImageError, TaskNotApplicableError
 from ..hookspecs import hookimpl
-from ..images import load_image
+from ..images import is_image_target, load_image
 from ..modelstate import borrowed
 from ..recipe import Recipe
 from ..task import Bound, Call, Task
@@ -29,11 +29,9 @@ def _references(target: Any) -> list[Any]:
 
 def _not_images(target: Any) -> str | None:
     """Why ``target`` is not one or more reference images (PIL, array, bytes, or image files), or ``None``."""
-    from ..engine import _is_image_target
-
     if target is None:
         return "image similarity needs target=<a reference image> (PIL image, array, or a list of them); pass one"
-    if _is_image_target(target) or all(isinstance(t, (str, os.PathLike)) and os.path.isfile(t)
+    if is_image_target(target) or all(isinstance(t, (str, os.PathLike)) and os.path.isfile(t)
                                        for t in _references(target)):
         return None
     return (f"the target {str(target)[:60]!r} is not an image: pass a PIL image, an H×W×C array, encoded bytes or an "

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import PromptError, TargetIndexError, UnknownLabelError
 from ..hookspecs import hookimpl
+from ..images import is_image_target
 from ..lru import LRU
 from ..modelstate import borrowed
 from ..recipe import Recipe
@@ -50,19 +51,13 @@ def sigmoid_scores(model: nn.Module) -> bool:
     return getattr(model, "logit_bias", None) is not None  # open_clip's SigLIP models carry a bias
 
 
-def _is_image(target: Any) -> bool:
-    from ..engine import _is_image_target
-
-    return _is_image_target(target)
-
-
 def _check(model: nn.Module, recipe: Recipe, target: Any) -> str | None:
     if recipe.embedding is None:
         return f"recipe {recipe.name!r} explains class logits, not an image embedding a prompt can be scored against"
     if not has_text_tower(model):
         return (f"{type(model).__name__} has no text tower (get_text_features), so it cannot score a text prompt; "
                 "pass a reference image as target for image similarity")
-    if _is_image(target):
+    if is_image_target(target):
         return "the target is an image, not text: that is image similarity (task='image-feature-extraction')"
     return None
 

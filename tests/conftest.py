@@ -57,3 +57,54 @@ def assert_head_reproduces_logits(model: torch.nn.Module, size: tuple[int, int])
         pooled = (recipe.reshape(out, model, size) if recipe.reshape else out).mean(dim=(2, 3))
     with torch.no_grad():
         torch.testing.assert_close(recipe.head(model)(pooled), cap.logits.detach(), atol=1e-4, rtol=1e-4)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(args: list[str], env: dict, log: Path, startup_s: float, path: str = "", poll: float = 0.5,
+          cwd: Path | None = None):
+    """A context manager: ``python -m xai_recipes.cli serve ARGS`` (on 127.0.0.1, ``--port`` in ``args``) started
+    with ``env``, its output in ``log``; entered once ``http://127.0.0.1:PORT/<path>`` answers (the test fails
+    with the log if the server exits or does not answer within ``startup_s``), yielding ``(url, process)``;
+    the server is stopped on exit."""
+    import contextlib
+    import subprocess
+    import time
+    import urllib.request
+
+    @contextlib.contextmanager
+    def served():
+        port = args[args.index("--port") + 1]
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "xai_recipes.cli", "serve", *args], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=cwd)
+        url = f"http://127.0.0.1:{port}/"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + startup_s
+        try:
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"xai-recipes serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                try:
+                    opener.open(url + path, timeout=5).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"xai-recipes serve did not answer within {startup_s} s:\n{log.read_text()[-3000:]}")
+                    time.sleep(poll)
+            yield url, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    return served()

@@ -9,10 +9,6 @@ docs/img/audit-report.png is rewritten too.
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +16,7 @@ import pytest
 from synthetic import SHAPES
 from watermark import WATERMARKED, held_out
 
-from conftest import TRAINED
+from conftest import TRAINED, free_port, serve
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
@@ -28,7 +24,7 @@ if not Path(CHROMIUM).is_file():
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[web]'")
 
-from test_web_e2e import ARGS, artefacts, free_port, keep  # noqa: E402
+from test_web_e2e import ARGS, artefacts, keep  # noqa: E402
 
 from xai_recipes import audit  # noqa: E402
 
@@ -113,21 +109,9 @@ def test_serve_opens_the_saved_report(report, browser, tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1"}
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:  # a report and no model: the page lists the report
-        proc = subprocess.Popen([sys.executable, "-m", "xai_recipes.cli", "serve", str(report), "--no-demo",
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     url = f"http://127.0.0.1:{port}/reports/0/index.html"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                opener.open(url, timeout=5).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+    # a report and no model: the page lists the report
+    with serve([str(report), "--no-demo", "--port", str(port)], env, log, 120, path="reports/0/index.html"):
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
         link = page.get_by_role("link", name=report.name)
@@ -136,9 +120,3 @@ def test_serve_opens_the_saved_report(report, browser, tmp_path):
         page.goto(url, wait_until="load")
         _check_page(page, json.loads((report / "audit.json").read_text()))
         page.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()

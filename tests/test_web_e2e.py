@@ -9,16 +9,12 @@ and ``docs/img/notebook.png`` are rewritten too.
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from urllib.parse import urlparse
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, serve
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
@@ -51,12 +47,6 @@ def keep(picture: Path, name: str) -> None:
                                                                                  optimize=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("xdg-cache")  # the demo model is built here, not in ~/.cache
@@ -69,30 +59,8 @@ def server(cache, tmp_path_factory):
            "XDG_CACHE_HOME": str(cache), "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio")),
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "xai_recipes.cli", "serve", "--port", str(port),
-                                 "--max-file-size", "5mb"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + STARTUP_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"xai-recipes serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                opener.open(url, timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"xai-recipes serve did not answer within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
+    with serve(["--port", str(port), "--max-file-size", "5mb"], env, log, STARTUP_S, poll=1, cwd=ROOT) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

@@ -5,13 +5,9 @@ both); p50 / p95 latency and the server's RSS growth are printed. Every wait is 
 """
 
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ import pytest
 from PIL import Image
 from synthetic import make_sample
 
-from conftest import TRAINED
+from conftest import TRAINED, free_port, serve
 
 pytest.importorskip("gradio", reason="gradio is missing: pip install -e '.[web]'")
 gradio_client = pytest.importorskip("gradio_client")
@@ -28,12 +24,6 @@ psutil = pytest.importorskip("psutil")
 MODEL = str(TRAINED / "resnet")
 CLIENTS, REQUESTS, CONCURRENCY = 8, 25, 2
 REQUEST_S, STARTUP_S, TOTAL_S = 60, 180, 420
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,36 +45,14 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     tmp = tmp_path_factory.mktemp("serve")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(tmp / "g"),
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}
     log = tmp / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "xai_recipes.cli", "serve", MODEL, "--no-demo", "--host",
-                                 "127.0.0.1", "--port", str(port), "--concurrency", str(CONCURRENCY)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + STARTUP_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"xai-recipes serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                opener.open(url, timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"xai-recipes serve did not answer within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
+    args = [MODEL, "--no-demo", "--host", "127.0.0.1", "--port", str(port), "--concurrency", str(CONCURRENCY)]
+    with serve(args, env, log, STARTUP_S) as (url, proc):
         yield url, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _ask(client, path: Path):

@@ -225,8 +225,6 @@ def trained_zero_shot(family: str, name: str) -> Callable[[], Example | None]:
 
 def zero_shot_quality(name: str, example: Example) -> list[str]:
     """evaluate() on held-out two-digit scenes: each scene twice, once per digit's prompt and box."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "tests"))
     from digits import LABELS, make_scenes
 
@@ -509,9 +507,6 @@ def quality_data(example: Example) -> tuple[list, str, int] | None:
 
 def quality_section(name: str, example: Example) -> list[str]:
     """Methods × metrics of ``xai_recipes.evaluate`` on annotated images (see :func:`quality_data`)."""
-    import xai_recipes
-    from xai_recipes.loading import load
-
     found = quality_data(example)
     if found is None:
         return []

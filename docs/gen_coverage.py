@@ -50,6 +50,11 @@ def _check(model, processor, method: str, **kwargs) -> str:
     return "ok" if ok else "no: constant or wrong shape"
 
 
+def no_recipe_reason(exc: Exception) -> str:
+    """The derivation's own reason inside a ``NoRecipeError`` message (without the list of registered recipes)."""
+    return str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
+
+
 def rows() -> list[dict]:
     """One row per architecture, the image-classification table's then the zero-shot table's
     (deterministic: no timings)."""
@@ -84,7 +89,7 @@ def classification_rows() -> list[dict]:
         try:
             recipe = xai_recipes.find_recipe(model)
         except xai_recipes.NoRecipeError as exc:
-            reason = str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
+            reason = no_recipe_reason(exc)
             if model_type in A.NOT_PIXEL_CLASSIFIERS:  # the probe's pixel_values cannot run it
                 reason = f"not a pixel_values classifier: {A.NOT_PIXEL_CLASSIFIERS[model_type]}"
             row.update(status="unsupported", note=reason)
@@ -151,7 +156,7 @@ def zero_shot_rows() -> list[dict]:
         try:
             recipe = xai_recipes.find_recipe(model)
         except xai_recipes.NoRecipeError as exc:
-            reason = str(exc).split("No recipe could be derived either: ")[-1].split(". Registered")[0]
+            reason = no_recipe_reason(exc)
             row.update(status="unsupported", note=f"{type(exc).__name__}: {reason}")
             continue
         try:

@@ -24,7 +24,7 @@ if not Path(CHROMIUM).is_file():
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[web]'")
 
-from test_web_e2e import ARGS, artefacts, keep  # noqa: E402
+from test_web_e2e import artefacts, browser, keep  # noqa: E402,F401 - browser: the page test's fixture
 
 from xai_recipes import audit  # noqa: E402
 
@@ -36,14 +36,6 @@ def report(tmp_path_factory):
     audit(str(TRAINED / "resnet_watermark"), [(s.image, SHAPES[s.label], s.box) for s in scenes], out=folder,
           n_concepts=3)
     return folder
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _lookup(data, path: str):

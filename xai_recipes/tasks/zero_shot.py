@@ -13,6 +13,7 @@ one batched backward for all T prompts.
 from __future__ import annotations
 
 import difflib
+import threading
 import warnings
 import weakref
 from dataclasses import replace
@@ -31,6 +32,9 @@ from ..task import Bound, Call, Task
 
 TEMPLATE = "This is a photo of {}."
 TEXT_BATCH = 256  # prompts per text-tower forward pass
+#: Fast tokenizers keep their padding/truncation settings on the shared Rust object and set them per call, so
+#: concurrent calls (several threads explaining with one model) can pad with another call's settings: one at a time.
+_tokenizing = threading.Lock()
 _embeddings: LRU = LRU(32)  # (model id, prompts, ...) -> (weakref to model, K×D normalised text embeddings)
 
 
@@ -185,7 +189,8 @@ def text_embeddings(model: nn.Module, tokenizer: Any, sequences: list[str], trun
         chunks = []
         with torch.no_grad():
             for i in range(0, len(sequences), TEXT_BATCH):
-                inputs = text_inputs(model, tokenizer, sequences[i : i + TEXT_BATCH], truncate)
+                with _tokenizing:
+                    inputs = text_inputs(model, tokenizer, sequences[i : i + TEXT_BATCH], truncate)
                 if isinstance(inputs, torch.Tensor):  # open_clip token ids
                     chunks.append(model.encode_text(inputs.to(param.device)))
                 else:

@@ -36,6 +36,7 @@ class Scene:
     image: np.ndarray  # H×W×3 uint8, RGB
     digits: tuple[int, ...]
     boxes: tuple[tuple[int, int, int, int], ...]  # per digit: x0, y0, x1, y1 (inclusive bounds of its strokes' pixels, coverage ≥ 0.25)
+    masks: tuple[np.ndarray, ...] = ()  # per digit: H×W bool, its strokes' pixels (coverage ≥ 0.25)
 
 
 def _glyph(rng: np.random.Generator, digit: int, height: int) -> np.ndarray:
@@ -97,7 +98,12 @@ def make_scene(
         rgb = cv2.cvtColor(np.uint8([[[int(hue), 255, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
         patch = img[y0:y1 + 1, x0:x1 + 1].astype(np.float64)
         img[y0:y1 + 1, x0:x1 + 1] = np.round(patch + mask[:, :, None] * (rgb - patch)).astype(np.uint8)
-    return Scene(img, digits, tuple(boxes))
+    full = []
+    for (x0, y0, x1, y1), mask in zip(boxes, masks):
+        m = np.zeros((h, w), bool)
+        m[y0:y1 + 1, x0:x1 + 1] = mask >= 0.25
+        full.append(m)
+    return Scene(img, digits, tuple(boxes), tuple(full))
 
 
 def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
@@ -127,4 +133,18 @@ def make_scenes(seed: int, n: int, sizes: list[tuple[int, int]], two: float = 0.
             out.append(make_scene(rng, [first, second], size))
         else:
             out.append(make_scene(rng, [first], size))
+    return out
+
+
+def make_multi_scenes(seed: int, n: int, sizes: list[tuple[int, int]], counts: tuple[int, ...] = (2, 3),
+                      height_frac: tuple[float, float] = (0.2, 0.3)) -> list[Scene]:
+    """``n`` scenes of ``counts`` different digits each (chosen at random), with boxes and masks: the
+    detection and segmentation scenes of tests/trained/train_detector.py and train_segmenter.py."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        size = sizes[int(rng.integers(len(sizes)))]
+        k = int(counts[int(rng.integers(len(counts)))])
+        digits = [int(d) for d in rng.permutation(len(DIGITS))[:k]]
+        out.append(make_scene(rng, digits, size, height_frac=height_frac, safe_frac=0.95))
     return out

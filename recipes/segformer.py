@@ -48,6 +48,19 @@ RECIPE = Recipe(
 )
 
 
+#: ``SegformerForSemanticSegmentation``: the all-MLP decode head fuses the four stages' maps, upsampled to
+#: the first stage's grid (1/4 of the input), in ``decode_head.linear_fuse`` (a 1×1 conv, ``B×C×h×w``) before
+#: its norm and per-pixel classifier: the CAM methods read that fused map (every stage's evidence at 1/4).
+SEMANTIC = Recipe(
+    name="segformer-semantic",
+    model_types=("segformer",),
+    matches=lambda m: type(m).__name__.endswith("ForSemanticSegmentation"),
+    target_layers=lambda m: [m.decode_head.linear_fuse],
+    description="SegFormer segmenter: the decode head's fused map of all stages (B×C×h×w at 1/4 of the input).",
+)
+
+
 @hookimpl
 def register_recipes(register):
     register(RECIPE)
+    register(SEMANTIC)

@@ -47,7 +47,10 @@ def test_builtin_tasks_arrive_through_the_entry_point_group():
     assert names["classification_task"] == ["image-classification"]
     assert names["zero_shot_task"] == ["zero-shot-image-classification"]
     assert names["similarity_task"] == ["image-feature-extraction"]
-    assert list(xai_recipes.tasks_table()) == ["zero-shot-image-classification", "image-feature-extraction",
+    assert names["detection_task"] == ["object-detection"]
+    assert names["segmentation_task"] == ["image-segmentation"]
+    assert list(xai_recipes.tasks_table()) == ["object-detection", "image-segmentation",
+                                               "zero-shot-image-classification", "image-feature-extraction",
                                                "image-classification"]  # by priority
 
 

@@ -19,10 +19,12 @@ from .errors import (
     MethodNotApplicableError,
     ModelOutputError,
     ModelLoadError,
+    NoDetectionError,
     NoRecipeError,
     NotAnImageClassifierError,
     PromptError,
     RecipeError,
+    RegionError,
     TaskNotApplicableError,
     TargetIndexError,
     UnknownLabelError,
@@ -33,7 +35,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .method import Batch, Method, Result
 from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, stage_grid, tokens_to_map
-from .task import Bound, Call, Task
+from .task import Bound, Call, Region, Task
 from .targets import resolve_targets
 from .registry import (
     find_recipe,
@@ -97,5 +99,5 @@ __all__ = [
     "XAIRecipesError", "ExplanationFileError", "ModelOutputError", "NoRecipeError", "NotAnImageClassifierError", "ModelLoadError", "ImageError",
     "UnknownLabelError", "TargetIndexError", "UnknownMethodError", "RecipeError", "GeometryError",
     "Task", "Bound", "Call", "find_task", "get_task", "tasks_table", "resolve_targets", "PromptError",
-    "TaskNotApplicableError", "UnknownTaskError",
+    "TaskNotApplicableError", "UnknownTaskError", "Region", "NoDetectionError", "RegionError",
 ]

@@ -23,7 +23,7 @@ from .lru import LRU
 from .method import Batch, Method
 from .modelstate import borrowed
 from .recipe import Recipe
-from .task import Bound, Call, Task
+from .task import Bound, Call, Region, Task
 
 _geometries: LRU = LRU(64)  # measured processor geometries by (processor config, image size)
 
@@ -92,8 +92,12 @@ class _Run:
         shapes: dict[tuple[int, ...], list[int]] = {}
         for i, (_, _, pixels) in enumerate(items):
             shapes.setdefault(tuple(pixels.shape), []).append(i)
+        if self.bound.select is not None or self.bound.for_images is not None:  # per image: T, the scores
+            groups = [[i] for group in shapes.values() for i in group]
+        else:
+            groups = list(shapes.values())
         with borrowed(self.model, eager_attention=self.method.eager_attention):
-            for group in shapes.values():
+            for group in groups:
                 for i, exp in zip(group, self._explain_same_size([items[i] for i in group])):
                     out[i] = exp
         return out  # type: ignore[return-value]
@@ -106,13 +110,23 @@ class _Run:
 
     def _explain_same_size(self, items: list[tuple[str | None, Image.Image, torch.Tensor]]) -> list[Explanation]:
         model, recipe, id2label = self.model, self.bound.recipe, self.bound.labels
+        if self.bound.for_images is not None:
+            recipe = self.bound.for_images([(pil.height, pil.width) for _, pil, _ in items])
         param = next(model.parameters())
         pixel_values = torch.cat([p for _, _, p in items]).to(param.device, param.dtype)
         if "target_layers" in self.method.needs and "head" not in self.method.needs:  # the stage fitting this input
             recipe = layers.at_input(model, recipe, pixel_values)[0]
-        result = self.method.run(Batch(model, recipe, pixel_values, self.choose, self.top_k, self.options))
+        choose, picked = self.choose, []
+        if self.bound.select is not None:
+            sizes = [(pil.height, pil.width) for _, pil, _ in items]
+
+            def choose(logits: torch.Tensor) -> list[list[int]]:
+                picked[:] = self.bound.select(logits, sizes, self.top_k)
+                return [[r.index for r in chosen] for chosen, _ in picked]
+
+        result = self.method.run(Batch(model, recipe, pixel_values, choose, self.top_k, self.options))
         logits = result.logits.detach()
-        if logits.dim() != 2 or logits.shape != (len(items), len(id2label)):
+        if logits.dim() != 2 or (logits.shape != (len(items), len(id2label)) and not picked):
             raise XAIRecipesError(
                 f"recipe {recipe.name!r} gives scores of shape {tuple(logits.shape)} for {len(items)} image(s) but "
                 f"task {self.task.name!r} has {len(id2label)} labels; the recipe's logits wrapper does not fit this model"
@@ -126,10 +140,18 @@ class _Run:
                 "hold NaN/inf (check torch.isfinite(p).all() for model.parameters(); re-download or re-export the "
                 "checkpoint) or a layer overflows in this dtype (run it in float32)"
             )
-        probs = self.bound.probabilities(logits).float()
-        top5 = probs.topk(min(5, len(id2label)))
         targets = result.targets
-        scores = result.scores or [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
+        regions: list[list[Region]] | None = None
+        if picked:  # the task chose targets per image: their labels, scores, boxes and masks are its own
+            regions = [chosen for chosen, _ in picked]
+            scores = [[r.score for r in chosen] for chosen in regions]
+            predictions = [[(r.index, r.label, r.score) for r in every[:5]] for _, every in picked]
+        else:
+            probs = self.bound.probabilities(logits).float()
+            top5 = probs.topk(min(5, len(id2label)))
+            scores = result.scores or [[float(probs[b, i]) for i in targets[b]] for b in range(len(items))]
+            predictions = [[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])]
+                           for b in range(len(items))]
         layer_names = module_names(model, result.layers)
         results = []
         for b, (source, pil, _) in enumerate(items):
@@ -141,9 +163,9 @@ class _Run:
                 heatmaps=heatmaps,
                 coverage=coverage,
                 indices=targets[b],
-                labels=[id2label[i] for i in targets[b]],
+                labels=[r.label for r in regions[b]] if regions else [id2label[i] for i in targets[b]],
                 scores=scores[b],
-                predictions=[(int(i), id2label[int(i)], float(p)) for p, i in zip(top5.values[b], top5.indices[b])],
+                predictions=predictions[b],
                 recipe=recipe.name,
                 method=self.method.name,
                 task=self.task.name,
@@ -155,6 +177,10 @@ class _Run:
                 intercepts=None if result.intercepts is None else result.intercepts[b],
                 heads=heads,
                 signed=bool(self.method.signed or result.signed),
+                boxes=None if regions is None or all(r.box is None for r in regions[b]) else
+                [r.box for r in regions[b]],
+                masks=None if regions is None or all(r.mask is None for r in regions[b]) else
+                np.stack([r.mask if r.mask is not None else np.zeros((pil.height, pil.width), bool) for r in regions[b]]),
             ))
         return results
 
@@ -184,7 +210,7 @@ def explain(
     *,
     method: str | Method | None = None,
     target: Any = None,
-    top_k: int = 1,
+    top_k: int | None = None,
     processor: Any = None,
     device: str | torch.device | None = None,
     recipe: str | Recipe | None = None,
@@ -215,7 +241,8 @@ def explain(
             zero-shot model free-text prompts (``"a dog"``) or indices into ``labels``; a
             reference image (PIL image, array, or a list of them) for image similarity. ``None``
             explains the ``top_k`` highest scores.
-        top_k: how many top scores to explain when ``target`` is None; for DFF, how many
+        top_k: how many top scores to explain when ``target`` is None (``None``: the task's
+            default: 1 class or prompt, up to 10 detections, 3 segments); for DFF, how many
             classes name each concept in the legend.
         processor: the image processor (for zero-shot models a processor with a tokenizer;
             loaded with the model when omitted).
@@ -240,7 +267,7 @@ def explain(
     """
     chosen_method = None if method is None else registry.get_method(method)
     chosen_task = None if task is None else registry.get_task(task)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise XAIRecipesError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -269,7 +296,8 @@ def explain(
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise XAIRecipesError(f"n_components must be a positive integer, got {n!r}")
     bound = chosen_task.bind(Call(model, processor, chosen, target, {**chosen_task.options, **task_options}))
-    run = _Run(model, processor, chosen, chosen_task, bound, chosen_method, top_k, options)
+    run = _Run(model, processor, chosen, chosen_task, bound, chosen_method, bound.top_k if top_k is None else top_k,
+               options)
     if _is_many(image):
         return run.stream(_sources(image), batch_size, on_error)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None

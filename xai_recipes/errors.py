@@ -80,3 +80,13 @@ class TaskNotApplicableError(NotAnImageClassifierError):
 
 class PromptError(XAIRecipesError, ValueError):
     """A text prompt (or the candidate labels) cannot be used: empty, too long, not text."""
+
+
+class NoDetectionError(XAIRecipesError, LookupError):
+    """Nothing to explain: no detection (or none of the asked label) above the threshold, no predicted
+    region of the asked class, or no detection overlapping the asked box."""
+
+
+class RegionError(XAIRecipesError, ValueError):
+    """A box or region mask the user gave cannot be used: outside the image, ``x1 <= x0``, the wrong
+    size, empty."""

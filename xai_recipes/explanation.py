@@ -19,7 +19,7 @@ from .geometry import Geometry
 
 FORMAT = "xai-recipes.explanation/1"
 _METADATA = ("indices", "labels", "scores", "predictions", "recipe", "method", "target_layers", "source", "legend",
-             "intercepts", "task")
+             "intercepts", "task", "boxes")
 
 
 def _png(picture: Image.Image) -> bytes:
@@ -52,7 +52,11 @@ class Explanation:
         task: what was explained (``"image-classification"``, ``"zero-shot-image-classification"``:
             ``labels`` are the prompts and ``scores`` the pipeline's probabilities,
             ``"image-feature-extraction"``: ``labels`` name the reference images and ``scores``
-            are cosine similarities).
+            are cosine similarities; ``"object-detection"``: one map per detection, ``scores``
+            the post-processing's; ``"image-segmentation"``: one map per segment, ``scores``
+            its share of the image).
+        boxes: detections only: per map, its box ``(x0, y0, x1, y1)`` in image pixels.
+        masks: segments only: ``T×H×W`` bool, per map the region explained.
     """
 
     image: Image.Image
@@ -73,12 +77,20 @@ class Explanation:
     intercepts: list[float] | None = None
     heads: np.ndarray | None = None
     task: str = "image-classification"
+    boxes: list[tuple[float, float, float, float]] | None = None
+    masks: np.ndarray | None = None
 
     def overlay(self, i: int = 0, image_weight: float = 0.5) -> Image.Image:
-        """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed), unlabelled."""
+        """The ``i``-th heatmap blended over the image (pixels outside ``coverage`` dimmed), unlabelled; a
+        detection's box and a segment's mask are outlined on it."""
         if self.contributions is not None or self.signed:  # diverging: red positive, blue negative
-            return render.signed(self.image, self.heatmaps[i], self.coverage, image_weight)
-        return render.heat(self.image, self.heatmaps[i], self.coverage, image_weight)
+            picture = render.signed(self.image, self.heatmaps[i], self.coverage, image_weight)
+        else:
+            picture = render.heat(self.image, self.heatmaps[i], self.coverage, image_weight)
+        if self.boxes is not None or self.masks is not None:  # the detection's box, the segment's outline
+            picture = render.outline(picture, None if self.boxes is None else self.boxes[i],
+                                     None if self.masks is None else self.masks[i])
+        return picture
 
     def caption(self, i: int = 0) -> str:
         """The text of the ``i``-th overlay's label strip: label, score and method."""
@@ -136,7 +148,7 @@ class Explanation:
             self.figure().save(path)
             return [path]
         arrays, meta = path.with_suffix(".npz"), path.with_suffix(".json")
-        extra = {k: getattr(self, k) for k in ("contributions", "heads") if getattr(self, k) is not None}
+        extra = {k: getattr(self, k) for k in ("contributions", "heads", "masks") if getattr(self, k) is not None}
         np.savez_compressed(arrays, heatmaps=self.heatmaps, coverage=self.coverage, image=np.asarray(self.image), **extra)
         info = {k: getattr(self, k) for k in _METADATA}
         info["geometry"] = dataclasses.asdict(self.geometry) if self.geometry else None
@@ -201,6 +213,8 @@ def load(path: str | os.PathLike) -> Explanation:
     signed = info.get("signed") is True
     arrays = _read_arrays(meta_path.with_name(name), bad, signed)
     heatmaps = arrays["heatmaps"]
+    if "masks" in arrays and len(arrays["masks"]) != len(heatmaps):
+        raise bad(f"it holds {len(arrays['masks'])} masks for {len(heatmaps)} maps")
     fields = _check_metadata(info, len(heatmaps), bad)
     geometry = _check_geometry(info.get("geometry"), arrays["image"].shape[:2], bad)
     return Explanation(
@@ -210,6 +224,7 @@ def load(path: str | os.PathLike) -> Explanation:
         geometry=geometry,
         contributions=arrays.get("contributions"),
         heads=arrays.get("heads"),
+        masks=arrays.get("masks"),
         signed=signed,
         **fields,
     )
@@ -232,6 +247,8 @@ def _read_arrays(npz: Path, bad, signed: bool = False) -> dict[str, np.ndarray]:
             return len(shape) == 3 and shape[2] == 3 and dtype == np.uint8 and 0 < shape[0] * shape[1] <= MAX_PIXELS
         if key == "coverage":
             return shape == hw and dtype == np.bool_
+        if key == "masks":  # segments: one per map, at the image's size
+            return len(shape) == 3 and dtype == np.bool_ and 0 < shape[0] <= _MAX_MAPS and shape[1:] == hw
         if dtype.kind != "f":
             return False
         if key == "contributions":  # on the model's patch grid
@@ -245,7 +262,7 @@ def _read_arrays(npz: Path, bad, signed: bool = False) -> dict[str, np.ndarray]:
             missing = [k for k in ("image", "coverage", "heatmaps") if k not in members]
             if missing:
                 raise bad(f"{npz.name} lacks the arrays {missing}")
-            for key in ("image", "coverage", "heatmaps", "contributions", "heads"):
+            for key in ("image", "coverage", "heatmaps", "contributions", "heads", "masks"):
                 if key not in members:
                     continue
                 with archive.open(members[key]) as f:
@@ -298,9 +315,11 @@ def _check_metadata(info: dict, n_maps: int, bad) -> dict:
         "legend": lambda v: v is None or (isinstance(v, list) and all(isinstance(x, list) and all(map(triple, x)) for x in v)),
         "intercepts": lambda v: v is None or per_map(number)(v),
         "task": lambda v: isinstance(v, str) and 0 < len(v) <= 100,
+        "boxes": lambda v: v is None or per_map(lambda b: isinstance(b, list) and len(b) == 4 and all(map(number, b))
+                                                and all(np.isfinite(b)) and b[0] <= b[2] and b[1] <= b[3])(v),
     }
     fields = {}
-    info = {"task": "image-classification", **info}  # files written before tasks existed
+    info = {"task": "image-classification", "boxes": None, **info}  # files written before tasks, boxes existed
     for key in _METADATA:
         if key not in info:
             raise bad(f"its metadata lacks {key!r}")
@@ -309,6 +328,8 @@ def _check_metadata(info: dict, n_maps: int, bad) -> dict:
                       f"({n_maps} map(s) in the arrays)")
         fields[key] = info[key]
     fields["predictions"] = [tuple(p) for p in fields["predictions"]]
+    if fields["boxes"] is not None:
+        fields["boxes"] = [tuple(float(x) for x in b) for b in fields["boxes"]]
     if fields["legend"] is not None:
         fields["legend"] = [[tuple(name) for name in names] for names in fields["legend"]]
     return fields

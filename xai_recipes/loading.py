@@ -85,6 +85,22 @@ def check_classifier(model: Any) -> None:
         )
 
 
+#: Architecture-name endings → the transformers auto class that loads them (tasks beyond classification).
+_TASK_MODELS = {"ForObjectDetection": "AutoModelForObjectDetection",
+                "ForSemanticSegmentation": "AutoModelForSemanticSegmentation"}
+
+
+def _task_model_class(archs: list[str]) -> Any:
+    """The auto class for a checkpoint whose architecture is a detector or segmenter, else ``None``."""
+    import transformers
+
+    for arch in archs:
+        for ending, auto in _TASK_MODELS.items():
+            if str(arch).endswith(ending):
+                return getattr(transformers, auto)
+    return None
+
+
 def _auto_classifier(config: Any) -> bool:
     """Whether ``AutoModelForImageClassification`` knows ``config``'s type: transformers' own image
     classifiers, and those a plugin registered (``AutoModelForImageClassification.register``)."""
@@ -181,6 +197,9 @@ def _load(ref: str, trust_remote_code: bool, backbone: bool = False) -> tuple[nn
     classifier = not archs or any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs)
     if not classifier and config.model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return _load_other(ref, trust_remote_code, AutoModelForZeroShotImageClassification, AutoProcessor)
+    task_auto = _task_model_class(archs)
+    if not classifier and task_auto is not None:  # a detector or segmenter: its task explains it
+        return _load_other(ref, trust_remote_code, task_auto, AutoImageProcessor)
     if not classifier and backbone:
         return _load_other(ref, trust_remote_code, AutoModel, AutoImageProcessor)
     if not classifier:

@@ -11,6 +11,7 @@ import colorsys
 import re
 from functools import lru_cache
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -172,3 +173,17 @@ def signed(image: Image.Image, heatmap: np.ndarray, coverage: np.ndarray, image_
     mixed = image_weight * rgb + (1 - image_weight) * paint
     mixed[~coverage] = rgb[~coverage] * 0.35
     return Image.fromarray(mixed.clip(0, 255).astype(np.uint8))
+
+
+def outline(picture: Image.Image, box: tuple[float, float, float, float] | None = None,
+            mask: np.ndarray | None = None, colour: tuple[int, int, int] = (0, 255, 0)) -> Image.Image:
+    """``picture`` with a detection's box and/or a segment's mask outlined on it (lines scaled to its size)."""
+    out = np.array(picture.convert("RGB"))
+    width = max(1, round(min(out.shape[:2]) / 150))
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, width)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, width)
+    return Image.fromarray(out)

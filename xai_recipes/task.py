@@ -12,8 +12,9 @@ never know which task they serve: they explain ``recipe.scores(model, pixel_valu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,30 @@ class Call:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Region:
+    """One explained target of a task whose targets depend on the image (a detection, a segment).
+
+    Attributes:
+        index: which of the ``K`` scores it is (e.g. a query's class logit, a class's region score).
+        label: its name (the class).
+        score: what the model's own post-processing says of it (a detection's score; a segment's
+            share of the image).
+        box: ``(x0, y0, x1, y1)`` in image pixels (detections).
+        mask: ``H×W`` bool at the image's size (segments).
+    """
+
+    index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+#: ``(scores B×K, image sizes [(H, W)], top_k) -> per image (chosen regions, every region best first)``.
+Select = Callable[[torch.Tensor, Sequence[tuple[int, int]], int], list[tuple[list[Region], list[Region]]]]
+
+
 @dataclass
 class Bound:
     """A task bound to one call: the scores explained and how to show them.
@@ -49,6 +74,14 @@ class Bound:
         wanted: the score indices the user asked for (duplicates kept), ``None``: the top-k.
         probabilities: ``B×K`` scores → the probabilities shown (softmax, sigmoid, identity).
         unsupported: method name → why it cannot explain this task (and what to use instead).
+        select: for targets that depend on the image (detections, segments): the task's own
+            choice of targets from the scores of the method's forward pass (:data:`Select`); the
+            engine then explains one image at a time and the explanation carries each target's
+            box or mask. ``None``: targets are ``wanted`` or the top-k scores.
+        top_k: how many targets to explain when the user gives none and ``top_k`` is not passed.
+        for_images: ``image sizes [(H, W)] -> recipe``: for scores that depend on the image's own
+            geometry (a region the user drew on it), the recipe for images of these sizes; the
+            engine then explains one image at a time. ``None``: ``recipe`` for every image.
     """
 
     recipe: Recipe
@@ -56,6 +89,9 @@ class Bound:
     wanted: list[int] | None
     probabilities: Callable[[torch.Tensor], torch.Tensor] = lambda s: s.float().softmax(-1)
     unsupported: Mapping[str, str] = field(default_factory=dict)
+    select: Select | None = None
+    top_k: int = 1
+    for_images: Callable[[Sequence[tuple[int, int]]], Recipe] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,3 +126,27 @@ class Task:
     def why_not(self, model: nn.Module, recipe: Recipe, target: Any = None) -> str | None:
         """``None`` if this task can explain ``model`` with ``recipe`` (and ``target``), else why not."""
         return self.check(model, recipe, target)
+
+
+class Outputs:
+    """The model outputs behind the last few score tensors a bound recipe gave, found again by those
+    scores: a task whose targets depend on the image (:attr:`Bound.select`) reads the boxes or
+    segmentation of the very forward pass whose scores a method hands to ``choose``. One per bound
+    call (an ``explain()`` call runs its images one after another)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._kept: list[tuple[torch.Tensor, Any]] = []
+        self._keep = keep
+
+    def keep(self, scores: torch.Tensor, output: Any) -> None:
+        """Remember ``output`` (detached by the caller) as the source of ``scores``."""
+        self._kept = [*self._kept[-(self._keep - 1):], (scores.detach(), output)]
+
+    def find(self, scores: torch.Tensor) -> Any:
+        """The output whose scores equal ``scores`` (the newest first)."""
+        for kept, output in reversed(self._kept):
+            same = kept.data_ptr() == scores.data_ptr() and kept.shape == scores.shape
+            if same or (kept.shape == scores.shape and torch.equal(kept, scores.detach().to(kept.device, kept.dtype))):
+                return output
+        raise RuntimeError("the scores a method chose targets from come from no forward pass of this call's recipe; "
+                           "a method must choose targets from recipe.scores(...) of the images it explains")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import XAIRecipesError, list_recipes, plugins, recipes  # the rest on use: `list` stays instant
 from .images import image_files
-from .options import add_task_arguments, parse_option, task_options
+from .options import add_task_arguments, parse_option, targets, task_options
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def _explain(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise XAIRecipesError(str(exc)) from None
         return cli_explain(args)
-    target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
+    target = targets(args.target, args.box)
     files = _inputs(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +87,8 @@ def _explain(args: argparse.Namespace) -> int:
         _, label, score = exp.predictions[0]
         rows.append({"image": exp.source, "predicted": label, "score": round(score, 4), "explained": exp.labels,
                      "scores": [round(float(x), 4) for x in exp.scores], "task": exp.task,
+                     "boxes": None if exp.boxes is None else [[round(v, 1) for v in b] for b in exp.boxes],
+                     "regions": None if exp.masks is None else [int(m.sum()) for m in exp.masks],
                      "recipe": exp.recipe, "method": exp.method, "overlay": str(overlay), "maps": [str(p) for p in raw]})
     if args.format == "json":
         print(json.dumps({"results": rows, "skipped": skipped}, indent=1))
@@ -95,6 +97,11 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{'image':{width}}  {'predicted':24} {'score':>6}  overlay")
         for r in rows:
             print(f"{r['image']:{width}}  {r['predicted'][:24]:24} {r['score']:6.3f}  {r['overlay']}")
+            for label, score, box, area in zip(r["explained"], r["scores"], r["boxes"] or [None] * len(r["scores"]),
+                                               r["regions"] or [None] * len(r["scores"])):
+                if box is not None or area is not None:  # each detection's box, each segment's area
+                    where = f"box ({', '.join(f'{v:g}' for v in box)})" if box is not None else f"region {area} px"
+                    print(f"{'':{width}}    {label[:22]:22} {score:6.3f}  {where}")
         print(f"{len(rows)} explained, {len(skipped)} skipped -> {out}", file=sys.stderr)
     return 1 if skipped else 0
 
@@ -254,7 +261,11 @@ def parser() -> argparse.ArgumentParser:
     add_task_arguments(ex, "the targets")
     ex.add_argument("--task", help="image-classification, zero-shot-image-classification or image-feature-extraction "
                                    "(default: found from the model and target)")
-    ex.add_argument("--top-k", type=int, default=1, help="explain the k top predictions (default 1); DFF: classes per concept")
+    ex.add_argument("--box", nargs="+", metavar="X0,Y0,X1,Y1",
+                    help="detectors: explain the detection overlapping each box most (image pixels)")
+    ex.add_argument("--top-k", type=int, default=None,
+                    help="explain the k top predictions (default: 1 class, up to 10 detections, 3 segments); DFF: "
+                         "classes per concept")
     ex.add_argument("--n-components", type=int, help="DFF: number of concepts (default 5)")
     ex.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")

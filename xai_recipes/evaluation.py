@@ -55,6 +55,8 @@ from .modelstate import borrowed
 from .task import Call
 from .targets import resolve_targets
 
+#: Tasks whose targets are objects in the image, evaluated per object (:mod:`xai_recipes.evaluation_objects`).
+OBJECT_TASKS = ("object-detection", "zero-shot-object-detection", "image-segmentation")
 #: Metric name → which direction is better.
 DIRECTION = {"pointing": "higher", "energy": "higher", "deletion": "lower", "insertion": "higher", "road": "higher"}
 METRICS = tuple(DIRECTION)
@@ -234,6 +236,7 @@ def evaluate(
     mask_column: str | None = None,
     labels: Sequence[str] | None = None,
     template: str | None = "This is a photo of {}.",
+    **task_options: Any,
 ) -> Evaluation:
     """Explain every annotated image with every method (for its labelled class) and score the maps.
 
@@ -253,6 +256,9 @@ def evaluate(
             ``sanity_images`` images (``Evaluation.sanity``).
         labels, template: zero-shot models (CLIP, SigLIP): the candidate prompts (default: every
             category name in the data, in order of appearance) and the template each goes through.
+        **task_options: detectors and segmenters (``threshold=``, ``top_k=``): every detection or
+            segment is explained and scored (``pointing``, ``energy``) against the annotation it
+            matches (:mod:`xai_recipes.evaluation_objects`; data: :func:`~xai_recipes.evaluation_objects.load_objects`).
     """
     from .engine import explain
 
@@ -264,9 +270,21 @@ def evaluate(
     model, processor = loading.load(model, processor, None, trust_remote_code)
     chosen = registry.find_recipe(model, recipe)
     names = [registry.get_method(m).name for m in (methods or dict.fromkeys([chosen.default_method, "gradcam"]))]
+    task = registry.find_task(model, chosen)
+    if task.name in OBJECT_TASKS:  # detectors, segmenters: per detection or region, against the annotation it matches
+        from .evaluation_objects import OBJECT_METRICS, evaluate_objects, load_objects
+
+        objects = load_objects(data) if isinstance(data, (str, os.PathLike)) else list(data)
+        chosen_metrics = [m for m in metrics if m in OBJECT_METRICS] if tuple(metrics) == METRICS else list(metrics)
+        rows, summary = evaluate_objects(model, objects, names, explain, chosen_metrics, tolerance, progress=progress,
+                                         on_explanation=on_explanation, processor=processor, recipe=chosen,
+                                         **task_options)
+        return Evaluation(rows, names, chosen_metrics, summary)
+    if task_options:
+        raise XAIRecipesError(f"option(s) {', '.join(sorted(task_options))} apply to detectors and segmenters; "
+                              f"{type(model).__name__} is explained by task {task.name!r}")
     samples = (hfdata.Rows(data, image_column, label_column, box_column, mask_column) if hfdata.is_dataset(data)
                else _as_annotated(data))
-    task = registry.find_task(model, chosen)
     extra: dict[str, Any] = {}
     if "labels" in task.options:  # zero-shot: the data's category names are the prompts, through the template
         extra = {"labels": list(labels or dict.fromkeys(str(s.label) for s in samples)), "template": template}

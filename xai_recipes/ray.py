@@ -109,10 +109,12 @@ def _arrow_table(rows: list[dict[str, Any]], with_maps: bool, with_output: bool)
         "predictions": column("predictions", pa.string()),
         "recipe": column("recipe", pa.string()),
         "method": column("method", pa.string()),
+        "boxes": column("boxes", pa.string()),  # JSON: per map its detection's box, or null
     }
     if with_maps:
         table["heatmaps"] = ArrowVariableShapedTensorArray.from_numpy([r["heatmaps"] for r in rows])
         table["coverage"] = ArrowVariableShapedTensorArray.from_numpy([r["coverage"] for r in rows])
+        table["masks"] = ArrowVariableShapedTensorArray.from_numpy([r["masks"] for r in rows])
     if with_output:
         table["output"] = column("output", pa.string())
     table["error"] = column("error", pa.string())
@@ -182,13 +184,15 @@ class _Explainer:
     def _failure(self, source: str, error: str) -> dict[str, Any]:
         return {"source": source, "indices": [], "labels": [], "scores": [], "predictions": "[]", "recipe": None,
                 "method": None, "heatmaps": np.zeros((0, 0, 0), np.float32), "coverage": np.zeros((0, 0), bool),
-                "output": None, "error": error}
+                "boxes": "null", "masks": np.zeros((0, 0, 0), bool), "output": None, "error": error}
 
     def _row(self, exp: Any) -> dict[str, Any]:
         row = {"source": exp.source, "indices": [int(i) for i in exp.indices], "labels": list(exp.labels),
                "scores": [float(s) for s in exp.scores], "predictions": json.dumps(exp.predictions),
                "recipe": exp.recipe, "method": exp.method, "heatmaps": np.asarray(exp.heatmaps, np.float32),
-               "coverage": np.asarray(exp.coverage, bool), "output": None, "error": None}
+               "coverage": np.asarray(exp.coverage, bool), "boxes": json.dumps(exp.boxes),
+               "masks": np.zeros((0, 0, 0), bool) if exp.masks is None else np.asarray(exp.masks, bool),
+               "output": None, "error": None}
         if self.output:
             row["output"] = str(self._write(exp))
         return row
@@ -214,7 +218,7 @@ def explain_dataset(
     model: "str | os.PathLike | nn.Module",
     method: str | None = None,
     target: Any = None,
-    top_k: int = 1,
+    top_k: int | None = None,
     *,
     batch_size: int = 8,
     concurrency: int | tuple[int, int] | None = None,
@@ -255,14 +259,15 @@ def explain_dataset(
     Returns:
         A Dataset with one row per image: ``source``, ``indices``, ``labels``, ``scores``,
         ``predictions`` (JSON of the top-5 ``[index, label, probability]``), ``recipe``,
-        ``method``, ``heatmaps`` (``T×H×W`` float32 at the image's size), ``coverage`` (``H×W``
-        bool), ``error`` (``None``, or the typed error of an image that could not be explained,
+        ``method``, ``boxes`` (JSON: detections' boxes, else ``null``), ``heatmaps`` (``T×H×W``
+        float32 at the image's size), ``coverage`` (``H×W`` bool), ``masks`` (segments: ``T×H×W``
+        bool, else ``0×0×0``), ``error`` (``None``, or the typed error of an image that could not be explained,
         whose lists are then empty and maps ``0×0``). Lazy without ``output``: consume it with
         ``take_all()``, ``iter_rows()`` or ``write_parquet(folder)``.
     """
     from . import registry
 
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise XAIRecipesError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise XAIRecipesError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -327,9 +332,9 @@ def cli_explain(args: "argparse.Namespace") -> int:
     """``xai-recipes explain MODEL IMAGES... --ray [ADDRESS]``: the files of the plain command
     (overlay ``.png``, ``.npz`` + ``.json`` per image, named after the image file) written by Ray
     actors, resumable; Ray's progress bars on stderr. Exit code 1 when some images failed."""
-    from .options import parse_option, task_options
+    from .options import parse_option, targets, task_options
 
-    target = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
+    target = targets(args.target, getattr(args, "box", None))
     options = {**dict(parse_option(o) for o in args.option or []), **task_options(args)}
     if args.task:
         options["task"] = args.task

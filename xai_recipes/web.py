@@ -212,16 +212,19 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
                   progress: Progress = gr.Progress()) -> tuple[Any, ...]:
     """Callback of the Explain button.
 
-    Returns ``(status, overlays, predictions, concepts, heads, download)``: a Markdown message
-    (empty when all went well), the labelled overlays as ``(image, caption)`` pairs, the top-5
-    as ``{label: probability}``, DFF's legend (Markdown, hidden otherwise), the per-head maps
-    (hidden when the method gives none) and the path of the zipped saved explanation.
+    Returns ``(status, overlays, predictions, concepts, heads, download, picker)``: a Markdown
+    message (empty when all went well), the labelled overlays as ``(image, caption)`` pairs (a
+    detection's box and a segment's outline drawn on them), the top-5 as ``{label: probability}``,
+    DFF's legend (Markdown, hidden otherwise), the per-head maps (hidden when the method gives
+    none), the path of the zipped saved explanation, and the detection picker's choices (hidden
+    unless the model is a detector or segmenter).
     Failures (an unreadable file, an unknown label, a model that cannot be loaded, a method
     that does not apply) come back as the status message, the other outputs cleared.
     """
     from .engine import explain
 
-    empty = (None, None, gr.update(value="", visible=False), gr.update(value=None, visible=False), None)
+    empty = (None, None, gr.update(value="", visible=False), gr.update(value=None, visible=False), None,
+             gr.update(choices=[], value=None, visible=False))
     try:
         progress(0.0, desc="reading the image")
         image = read_image(upload, photo)
@@ -251,7 +254,20 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
     except Exception as exc:
         return (_message(exc, upload), *empty)
     status = f"Explained with **{exp.recipe} / {exp.method}** at `{', '.join(exp.target_layers) or '-'}`."
-    return status, overlays, predictions, concepts, heads_update, download
+    return status, overlays, predictions, concepts, heads_update, download, _picker(exp)
+
+
+def _picker(exp: Any) -> Any:
+    """The detection picker: the explained detections (or segments), each choosable to explain it alone."""
+    if exp.boxes is None and exp.masks is None:
+        return gr.update(choices=[], value=None, visible=False)
+    where = ([f"box ({', '.join(f'{v:.0f}' for v in b)})" for b in exp.boxes] if exp.boxes is not None else
+             [f"{int(m.sum())} px" for m in exp.masks])
+    # a detection is targeted by its place in the best-first order, a segment by its class
+    keys = (list(range(len(exp.labels))) if exp.boxes is not None else exp.labels)
+    choices = [(f"{i} · {label} · {score:.3f} · {w}", str(key))
+               for i, (label, score, w, key) in enumerate(zip(exp.labels, exp.scores, where, keys))]
+    return gr.update(choices=choices, value=None, visible=True)
 
 
 def _reports_markdown(reports: list[str]) -> str:
@@ -283,8 +299,9 @@ def build_app(models: list[str] | None = None, *, demo: bool = True, reports: li
 
     # delete_cache: gradio's copies of uploads and results older than an hour go, checked hourly
     with gr.Blocks(title="xai-recipes: explain an image", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        gr.Markdown("## xai-recipes: explain an image classifier\nUpload an image (or pick a bundled photo), "
-                    "choose the model, the method and the classes to explain (none: the top predictions).")
+        gr.Markdown("## xai-recipes: explain an image model\nUpload an image (or pick a bundled photo), "
+                    "choose the model, the method and the classes, prompts or detections to explain (none: the "
+                    "top predictions).")
         if reports:
             gr.Markdown(_reports_markdown(reports), elem_id="reports")
         with gr.Row():
@@ -317,13 +334,19 @@ def build_app(models: list[str] | None = None, *, demo: bool = True, reports: li
                                    object_fit="contain", visible=False, elem_id="heads")
                 download = gr.File(label="Saved explanation (.npz + .json + figure, zipped)", interactive=False,
                                    elem_id="download")
+                picker = gr.Dropdown([], value=None, label="Detections / segments: pick one to explain it alone",
+                                     visible=False, elem_id="picker")
 
         upload.upload(lambda f: (None, *preview(f, None)), [upload], [photo, shown, message])
         upload.clear(lambda: (None, ""), None, [shown, message])
         photo.input(lambda p: (None, *preview(None, p)), [photo], [upload, shown, message])
         model.input(choose_model, [model], [method, targets, candidates, message])
-        button.click(explain_image, [upload, photo, model, method, targets, top_k, candidates],
-                     [message, overlays, predictions, concepts, heads, download])  # the queue's concurrency
+        outputs = [message, overlays, predictions, concepts, heads, download, picker]
+        button.click(explain_image, [upload, photo, model, method, targets, top_k, candidates], outputs)
+        # the picked detection alone; the picker keeps listing every detection of the last full explanation
+        picker.input(lambda u, p, m, me, pick, k, c: (*explain_image(u, p, m, me, [pick] if pick else None, k, c)[:-1],
+                                                      gr.update()),
+                     [upload, photo, model, method, picker, top_k, candidates], outputs)
     return app
 
 

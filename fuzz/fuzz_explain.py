@@ -4,7 +4,10 @@ Each input is a byte string handed to ``explain(model, data)``: decoded as an im
 ``xai_recipes.images`` (PIL underneath, its Python plugins instrumented for coverage) and, when it
 decodes, explained with a tiny ResNet. An input starting with ``PROMPT:`` is free text instead: split
 at NUL bytes into up to 1,000 prompts (UTF-8, undecodable bytes replaced) and explained as a random
-tiny CLIP's zero-shot targets (tests/zero_shot_models.py). The contract under test: every input ends in an
+tiny CLIP's zero-shot targets (tests/zero_shot_models.py). An input starting with ``TARGET:`` is detection
+targets for a random tiny DETR (tests/object_models.py; items split at ``;``: ``x0,y0,x1,y1`` a box, digits an
+index, else a label), one starting with ``REGION:`` a ``region=`` mask for a random tiny SegFormer (two bytes
+give its height and width, the rest its pixels). The contract under test: every input ends in an
 ``XAIRecipesError`` or in a valid explanation (finite heatmaps in [0, 1] of the image's size).
 Anything else — another exception, or an invalid explanation — is a failure: one line
 ``UNTYPED <sha1> <what>`` on stderr (the input saved under ``$FUZZ_CRASH_DIR`` if set), counted,
@@ -66,6 +69,37 @@ CLIP_MODEL, _tokenizer, _image_processor = random_clip(torch.float32)
 CLIP_PROCESSOR = as_processor(_tokenizer, _image_processor)
 PHOTO = np.random.default_rng(1).integers(0, 256, (24, 30, 3), dtype=np.uint8)
 PROMPT = b"PROMPT:"
+from object_models import IMAGE as OBJECT_IMAGE, random_detr, random_segformer  # noqa: E402
+
+DETR, DETR_PROCESSOR = random_detr()
+SEGFORMER, SEGFORMER_PROCESSOR = random_segformer()
+TARGET, REGION = b"TARGET:", b"REGION:"
+
+
+def detection_targets(text: str) -> list:
+    """``TARGET:`` text as detection targets: ``x0,y0,x1,y1`` → a box, digits → an index, else a label."""
+    out: list = []
+    for item in text.split(";")[:50]:
+        parts = item.split(",")
+        if len(parts) == 4:
+            try:
+                out.append(tuple(float(p) for p in parts))
+                continue
+            except ValueError:
+                pass
+        out.append(int(item) if item.isdigit() and len(item) < 30 else item)
+    return out
+
+
+def region_mask(data: bytes) -> np.ndarray:
+    """``REGION:`` bytes as a mask: height and width from the first two bytes, pixels (nonzero = inside) after."""
+    if len(data) < 2:
+        return np.zeros((0, 0), bool)
+    h, w = data[0] % 100, data[1] % 100
+    pixels = np.frombuffer(data[2:], np.uint8)
+    mask = np.zeros(h * w, bool)
+    mask[: min(len(pixels), h * w)] = pixels[: h * w] > 0
+    return mask.reshape(h, w)
 
 
 def problem_with(exp) -> str | None:
@@ -95,6 +129,13 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
             if data.startswith(PROMPT):
                 prompts = data[len(PROMPT):].decode("utf-8", "replace").split("\0")[:1000]
                 exp = explain(CLIP_MODEL, PHOTO, processor=CLIP_PROCESSOR, method="gradcam", target=prompts)
+            elif data.startswith(TARGET):
+                targets = detection_targets(data[len(TARGET):].decode("utf-8", "replace"))
+                exp = explain(DETR, OBJECT_IMAGE, processor=DETR_PROCESSOR, method="gradcam", target=targets,
+                              threshold=0.0)
+            elif data.startswith(REGION):
+                exp = explain(SEGFORMER, OBJECT_IMAGE, processor=SEGFORMER_PROCESSOR, method="gradcam",
+                              region=region_mask(data[len(REGION):]))
             else:
                 exp = explain(MODEL, data, processor=PROCESSOR, method="gradcam")
     except XAIRecipesError:
@@ -158,6 +199,10 @@ def seeds() -> dict[str, bytes]:
         "prompt-unicode.txt": PROMPT + "a d\u043eg \u202e\U0001f436".encode(),
         "prompt-long.txt": PROMPT + b"dog " * 300,
         "prompt-empty.txt": PROMPT,
+        "targets.txt": TARGET + b"0;a;20,15,60,45",
+        "target-box-outside.txt": TARGET + b"0,0,500,500",
+        "region.bin": REGION + bytes([60, 80]) + bytes(60 * 40) + bytes([1]) * (60 * 40),
+        "region-small.bin": REGION + bytes([10, 10]) + bytes([1]) * 100,
     }
     return out
 

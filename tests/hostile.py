@@ -610,3 +610,51 @@ def explanation_cases(folder: Path, saved: Path) -> list[Case]:
     write("json-geometry-wrong", ExplanationFileError, "geometry",
           meta={**info, "arrays": "json-geometry-wrong.npz", "geometry": {"scale": "x"}})
     return cases
+
+
+# ---------------------------------------------------------------- detections and regions (detectors, segmenters)
+
+
+def detection_cases() -> list[Case]:
+    """``target=`` / ``threshold=`` values against a random tiny DETR (tests/test_hostile.py's ``detr``) at
+    threshold 0, whose detections all lie around (20, 15, 60, 45) of a 60×80 image."""
+    from xai_recipes.errors import NoDetectionError, RegionError, XAIRecipesError
+
+    return [
+        Case("box-x1-before-x0", (40, 10, 20, 30), RegionError, "x1 <= x0"),
+        Case("box-outside-image", (0, 0, 500, 500), RegionError, "outside the 80×60 image"),
+        Case("box-nan", (float("nan"), 0, 10, 10), RegionError, "NaN"),
+        Case("box-strings", ("a", "b", "c", "d"), RegionError, "4 numbers"),
+        Case("box-no-overlap", (0, 0, 3, 3), NoDetectionError, "IoU"),
+        Case("box-numpy", np.array([20.0, 15.0, 60.0, 45.0]), OK),
+        Case("boxes-and-index", [(20, 15, 60, 45), 0], OK),
+        Case("detection-index-too-large", 99, TargetIndexError, "detection 99"),
+        Case("detection-negative-index", -1, TargetIndexError, "negative"),
+        Case("detection-float", 1.5, TargetIndexError, "not a detection index"),
+        Case("detection-bool", True, TargetIndexError, "not a detection index"),
+        Case("detection-empty-list", [], TargetIndexError, "empty list"),
+        Case("detection-unknown-label", "zebra", UnknownLabelError, "zebra"),
+        Case("detection-none-above-threshold", None, NoDetectionError, "threshold=0.99", options={"threshold": 0.99}),
+        Case("detection-threshold-out-of-range", None, XAIRecipesError, "threshold", options={"threshold": 2}),
+        Case("detection-threshold-string", None, XAIRecipesError, "threshold", options={"threshold": "high"}),
+    ]
+
+
+def region_cases() -> list[Case]:
+    """``region=`` values (the option) against a random tiny SegFormer, on a 60×80 image."""
+    from xai_recipes.errors import RegionError
+
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 20:50] = True
+    return [
+        Case("region-wrong-size", np.ones((10, 10), bool), RegionError, "10×10.*60×80"),
+        Case("region-empty", np.zeros((60, 80), bool), RegionError, "empty"),
+        Case("region-nan", np.full((60, 80), np.nan), RegionError, "NaN"),
+        Case("region-three-d", np.ones((60, 80, 3), bool), RegionError, "H×W"),
+        Case("region-text", "the left half", RegionError, "H×W"),
+        Case("region-box-outside", (0, 0, 500, 500), RegionError, "outside"),
+        Case("region-box-flipped", (50, 10, 20, 30), RegionError, "x1 <= x0"),
+        Case("region-box", (10, 10, 40, 30), OK),
+        Case("region-mask", mask, OK),
+        Case("region-mask-of-floats", mask.astype(np.float32), OK),
+    ]

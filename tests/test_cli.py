@@ -75,7 +75,9 @@ def test_bad_model_and_debug_traceback(tmp_path, folder, capsys):
 
 def test_list_methods_describe_plugins(trained_dir, capsys):
     assert cli.main(["list", "*vi*"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["mobilevit", "timm_vit", "timm_vit_gap", "vit"]
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == sorted(listed) == xai_recipes.list_recipes("*vi*")
+    assert {"mobilevit", "timm_vit", "timm_vit_gap", "vit"} <= set(listed) and "resnet" not in listed
     assert cli.main(["methods"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == xai_recipes.list_methods() and {"gradcam", "legrad", "dff", "patch-contributions"} <= set(listed)

@@ -26,6 +26,7 @@ from hostile import (
     OK,
     Case,
     bounded,
+    detection_cases,
     explanation_cases,
     gam_cases,
     image_cases,
@@ -34,6 +35,7 @@ from hostile import (
     ran,
     state_differences,
     prompt_cases,
+    region_cases,
     target_cases,
 )
 from PIL import Image
@@ -407,4 +409,55 @@ def test_prompt(case, clip):
                                                      target=case.make(), **options), LIMIT)
     n_maps = (len(case.value) if isinstance(case.value, list) else 1) if case.expect is OK else None
     check(case, result, error, elapsed, n_maps=n_maps)
+    assert not state_differences(before, model_state(model)), case.name
+
+
+# ---------------------------------------------------------------- detections and regions (detectors, segmenters)
+
+DETECTIONS = detection_cases()
+REGIONS = region_cases()
+
+
+@pytest.fixture(scope="module")
+def detr():
+    from object_models import random_detr
+
+    model, processor = random_detr()
+    return model.train(), processor  # train mode: a call must give it back that way
+
+
+@pytest.fixture(scope="module")
+def segformer():
+    from object_models import random_segformer
+
+    model, processor = random_segformer()
+    return model.train(), processor
+
+
+@pytest.mark.parametrize("case", DETECTIONS, ids=[c.name for c in DETECTIONS])
+def test_detection_target(case, detr):
+    from object_models import IMAGE
+
+    model, processor = detr
+    before = model_state(model)
+    options = {"threshold": 0.0, **case.options}
+    result, error, elapsed = bounded(lambda: explain(model, IMAGE, processor=processor, method="gradcam",
+                                                     target=case.make(), **options), LIMIT)
+    check(case, result, error, elapsed)
+    if error is None:
+        assert result.boxes is not None and len(result.boxes) == len(result.labels)
+    assert not state_differences(before, model_state(model)), case.name
+
+
+@pytest.mark.parametrize("case", REGIONS, ids=[c.name for c in REGIONS])
+def test_region(case, segformer):
+    from object_models import IMAGE
+
+    model, processor = segformer
+    before = model_state(model)
+    result, error, elapsed = bounded(lambda: explain(model, IMAGE, processor=processor, method="gradcam",
+                                                     region=case.make()), LIMIT)
+    check(case, result, error, elapsed)
+    if error is None:
+        assert result.masks is not None and result.masks.shape == result.heatmaps.shape
     assert not state_differences(before, model_state(model)), case.name

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NoDetectionError, RegionError, TargetIndexError
+from ..errors import NoDetectionError, RegionError, TargetIndexError, XAIRecipesError
 from ..hookspecs import hookimpl
 from ..recipe import Recipe
 from ..targets import resolve_targets
@@ -52,7 +52,7 @@ def _box(value: Any) -> tuple[float, float, float, float] | None:
     if not (isinstance(value, tuple) and len(value) == 4):
         return None
     if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
-        raise RegionError(f"box {value!r} must be 4 numbers (x0, y0, x1, y1) in image pixels")
+        raise RegionError(f"box {str(value)[:80]} must be 4 numbers; pass (x0, y0, x1, y1) in image pixels")
     x0, y0, x1, y1 = (float(v) for v in value)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise RegionError(f"box {value!r} holds NaN or infinity; pass 4 finite pixel coordinates (x0, y0, x1, y1)")
@@ -83,8 +83,8 @@ def parse_targets(target: Any, id2label: dict[int, str]) -> list[tuple[str, Any]
                 raise TargetIndexError(f"detection index {int(item)} is negative; pass 0 for the best detection")
             out.append(("index", int(item)))
         else:
-            raise TargetIndexError(f"target {str(item)[:60]!r} is not a detection index, a label or a box "
-                                   "(x0, y0, x1, y1) as a tuple of 4 numbers")
+            raise TargetIndexError(f"target {str(item)[:60]!r} is not a detection index, a label or a box; pass an "
+                                   "int (0: the best detection), a label, or (x0, y0, x1, y1) as a tuple of 4 numbers")
     return out
 
 
@@ -156,7 +156,8 @@ def pick(found: list[Region], wanted: list[tuple[str, Any]] | None, top_k: int, 
             best = int(np.argmax(overlaps))
             if overlaps[best] < MIN_IOU:
                 raise NoDetectionError(f"no detection overlaps box {value} (best IoU {overlaps[best]:.2f} < {MIN_IOU}); "
-                                       f"the detections: {[tuple(round(v) for v in r.box) for r in found[:5]]}")
+                                       f"pass a box over one of the detections: "
+                                       f"{[tuple(round(v) for v in r.box) for r in found[:5]]}")
             chosen.append(found[best])
     return chosen
 
@@ -166,7 +167,7 @@ def bind(call: Call) -> Bound:
     wanted = parse_targets(call.target, id2label)
     threshold = call.options.get("threshold", THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0 <= threshold < 1:
-        raise RegionError(f"threshold must be a number in [0, 1), got {threshold!r}")
+        raise XAIRecipesError(f"threshold must be a number in [0, 1), got {threshold!r}; pass e.g. threshold=0.5")
     outputs = Outputs()
     recipe = call.recipe
 

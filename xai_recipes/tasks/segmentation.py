@@ -64,8 +64,8 @@ def _region(region: Any) -> np.ndarray | tuple[float, float, float, float] | Non
         region = np.asarray(region.convert("L")) > 127
     mask = np.asarray(region.detach().cpu() if isinstance(region, torch.Tensor) else region)
     if mask.ndim != 2 or mask.dtype.kind not in "biuf":
-        raise RegionError(f"region must be an H×W mask (bool, or 0/1 numbers) at the image's size or a box "
-                          f"(x0, y0, x1, y1), got {type(region).__name__} of shape {getattr(mask, 'shape', '?')}")
+        raise RegionError(f"region is a {type(region).__name__} of shape {getattr(mask, 'shape', '?')}; pass an H×W "
+                          "mask (bool, or 0/1 numbers) at the image's size or a box (x0, y0, x1, y1)")
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
         raise RegionError("region mask holds NaN or infinity; pass a bool mask")
     mask = mask > 0.5 if mask.dtype.kind == "f" else mask.astype(bool)
@@ -114,16 +114,24 @@ def bind(call: Call) -> Bound:
             order = [int(c) for c in classes[np.argsort(-counts, kind="stable")]]
             share = dict(zip(classes.tolist(), (counts / counts.sum()).tolist()))
             present = set(pred[b].unique().tolist()) if user is None else set(order)
+            # every class of the image-size segmentation (the pipeline's); explained: those whose region at
+            # the model input is not empty (a sliver that only upsampling to the image creates scores 0)
             every = [Region(c, id2label.get(c, str(c)), float(share[c]), None, user if user is not None else seg == c)
-                     for c in order if c in present]
+                     for c in order]
+            explainable = [r for r in every if r.index in present]
             if wanted is None:
-                chosen = every[:top_k]
+                chosen = explainable[:top_k]
             else:
                 chosen = []
                 for c in wanted:
-                    hit = [r for r in every if r.index == c]
+                    hit = [r for r in explainable if r.index == c]
                     if not hit and user is not None:  # the user's region: any class's score over it
                         hit = [Region(c, id2label.get(c, str(c)), 0.0, None, user)]
+                    if not hit and c in order:
+                        raise NoDetectionError(
+                            f"the model's {id2label.get(c, c)!r} region exists only at the image's size (upsampled "
+                            f"from the logits: {int(share[c] * area.size)} pixels) and is empty at the model's input, "
+                            "so its region score is 0; pass region= a mask or box around it to explain the class there")
                     if not hit:
                         raise NoDetectionError(
                             f"the model predicts no {id2label.get(c, c)!r} region in this image (predicted: "

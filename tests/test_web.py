@@ -38,10 +38,10 @@ def test_an_undecodable_upload_gives_a_message(tmp_path):
     shown, message = web.preview(str(bad), None)
     assert shown is None and "ImageError" in message and "cannot decode" in message
     assert "'photo.png'" in message and str(tmp_path) not in message  # the file's name, not the server's path
-    status, overlays, predictions, concepts, heads, download = run(upload=str(bad))
+    status, overlays, predictions, concepts, heads, download, picker = run(upload=str(bad))
     assert "cannot decode" in status and "Traceback" not in status
     assert overlays is None and predictions is None and download is None
-    assert concepts["visible"] is False and heads["visible"] is False
+    assert concepts["visible"] is False and heads["visible"] is False and picker["visible"] is False
 
 
 def test_a_bad_label_gives_a_message_with_suggestions():
@@ -61,7 +61,7 @@ def test_targets_give_one_labelled_overlay_each_and_the_download_holds_the_saved
     image[20:50, 30:70] = (220, 40, 40)
     path = tmp_path / "shape.png"
     Image.fromarray(image).save(path)
-    status, overlays, predictions, concepts, heads, download = run(upload=str(path), method="gradcam",
+    status, overlays, predictions, concepts, heads, download, picker = run(upload=str(path), method="gradcam",
                                                                     targets=["disc", "1"])
     assert status.startswith("Explained with **vit / gradcam**")
     assert [caption.split(" · ")[0] for _, caption in overlays] == ["disc", "square"]
@@ -69,6 +69,7 @@ def test_targets_give_one_labelled_overlay_each_and_the_download_holds_the_saved
         assert picture.width == 120 and picture.height > 80  # the overlay under its label strip
         assert np.abs(np.asarray(picture)[-80:].astype(int) - image).mean() > 10  # not the input
     assert not np.array_equal(np.asarray(overlays[0][0])[:10], np.asarray(overlays[1][0])[:10])  # strips differ
+    assert picker["visible"] is False  # a classifier: no detections to pick
     assert len(predictions) == 4 and abs(sum(predictions.values()) - 1) < 1e-4
     assert concepts["visible"] is False and heads["visible"] is False
     with zipfile.ZipFile(download) as zf:
@@ -80,9 +81,9 @@ def test_targets_give_one_labelled_overlay_each_and_the_download_holds_the_saved
 
 
 def test_attention_shows_one_map_per_head_and_dff_its_concepts():
-    *_, heads, _ = run(method="attention")
+    *_, heads, _, _ = run(method="attention")
     assert heads["visible"] is True and [c for _, c in heads["value"]] == ["head 0", "head 1", "head 2", "head 3"]
-    status, overlays, _, concepts, heads, download = run(method="dff", top_k=2)
+    status, overlays, _, concepts, heads, download, _ = run(method="dff", top_k=2)
     assert "dff" in status and len(overlays) == 1 and overlays[0][1] == "dff: 5 concepts"
     assert concepts["visible"] is True and concepts["value"].count("\n| <span") == 5 and heads["visible"] is False
 
@@ -92,8 +93,8 @@ def test_model_options_put_the_recipes_default_first_and_leave_out_what_does_not
     assert not zero_shot
     assert default == methods[0] == "gradient-rollout" and "attention" in methods
     assert "patch-contributions" not in methods and labels == ["disc", "square", "triangle", "cross"]
-    method_update, targets_update, candidates_update, message = web.choose_model(VIT)
-    assert candidates_update["visible"] is False
+    method_update, targets_update, candidates_update, threshold_update, message = web.choose_model(VIT)
+    assert candidates_update["visible"] is False and threshold_update["visible"] is False
     assert method_update["choices"] == methods and method_update["value"] == "gradient-rollout"
     assert targets_update["choices"] == labels and targets_update["value"] == [] and "4 classes" in message
     *_, message = web.choose_model("")

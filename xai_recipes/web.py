@@ -124,16 +124,27 @@ def model_options(model: str | None) -> tuple[list[str], str, list[str], bool]:
     return methods, found.default_method, labels, False
 
 
-def choose_model(model: str | None) -> tuple[Any, Any, Any, str]:
-    """Callback of the model box: new method and target choices, the prompt box, and a status message."""
+def is_detector_ref(model: str | None) -> bool:
+    """Whether the model named ``model`` is an object detector (its page shows the threshold slider)."""
+    from .tasks.detection import is_detector
+
+    return is_detector(loading.load(resolve_model(model), need_processor=False)[0])
+
+
+def choose_model(model: str | None) -> tuple[Any, Any, Any, Any, str]:
+    """Callback of the model box: new method and target choices, the prompt box, the detection threshold
+    (shown for detectors) and a status message."""
     try:
         methods, default, labels, zero_shot = model_options(model)
+        detector = is_detector_ref(model)
     except Exception as exc:
-        return gr.update(), gr.update(), gr.update(), _message(exc)
+        return gr.update(), gr.update(), gr.update(), gr.update(), _message(exc)
     what = ("a zero-shot model: type prompts as targets, candidate labels below" if zero_shot
+            else f"a detector of {len(labels)} classes: targets are labels, or detection numbers" if detector
             else f"{len(labels)} classes")
     return (gr.update(choices=methods, value=default), gr.update(choices=labels, value=[]),
-            gr.update(visible=zero_shot), f"Model loaded: {what}; default method **{default}**.")
+            gr.update(visible=zero_shot), gr.update(visible=detector),
+            f"Model loaded: {what}; default method **{default}**.")
 
 
 def _candidates(text: str | None) -> list[str] | None:
@@ -209,7 +220,7 @@ def _save(exp: Any, images: Sequence[Image.Image] = ()) -> str:
 
 def explain_image(upload: str | None, photo: str | None, model: str | None, method: str | None,
                   targets: list[str] | str | None, top_k: int | float | None, candidates: str | None = None,
-                  progress: Progress = gr.Progress()) -> tuple[Any, ...]:
+                  threshold: float | None = None, progress: Progress = gr.Progress()) -> tuple[Any, ...]:
     """Callback of the Explain button.
 
     Returns ``(status, overlays, predictions, concepts, heads, download, picker)``: a Markdown
@@ -235,8 +246,10 @@ def explain_image(upload: str | None, photo: str | None, model: str | None, meth
         if not 1 <= k <= MAX_TOP_K:
             raise XAIRecipesError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
         labels = _candidates(candidates)  # zero-shot: the candidate prompts the probabilities are over
-        exp = explain(ref, image, method=method or None, target=_targets(targets), top_k=k,
-                      **({"labels": labels} if labels else {}))
+        options: dict[str, Any] = {"labels": labels} if labels else {}
+        if threshold is not None and is_detector_ref(ref):
+            options["threshold"] = float(threshold)
+        exp = explain(ref, image, method=method or None, target=_targets(targets), top_k=k, **options)
         progress(0.8, desc="drawing")
         if exp.legend is not None:
             overlays = [(exp.figure(), f"{exp.method}: {len(exp.legend)} concepts")]
@@ -292,9 +305,9 @@ def build_app(models: list[str] | None = None, *, demo: bool = True, reports: li
     first = choices[0]
     try:
         methods, default, labels, zero_shot = model_options(first)
-        status = ""
+        detector, status = is_detector_ref(first), ""
     except Exception as exc:
-        methods, default, labels, zero_shot, status = [], None, [], False, _message(exc)
+        methods, default, labels, zero_shot, detector, status = [], None, [], False, False, _message(exc)
     photo_names = list(photos())
 
     # delete_cache: gradio's copies of uploads and results older than an hour go, checked hourly
@@ -323,6 +336,8 @@ def build_app(models: list[str] | None = None, *, demo: bool = True, reports: li
                                         "over these (empty: over the targets); 'This is a photo of {}.' is applied")
                 top_k = gr.Slider(1, MAX_TOP_K, value=1, step=1, label="top-k (without targets; DFF: classes "
                                   "per concept)", elem_id="top_k")
+                threshold = gr.Slider(0.0, 0.99, value=0.5, step=0.01, label="Detection threshold (as the "
+                                      "pipeline's)", elem_id="threshold", visible=detector)
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
             with gr.Column(scale=2):
                 message = gr.Markdown(status, elem_id="status")
@@ -340,13 +355,13 @@ def build_app(models: list[str] | None = None, *, demo: bool = True, reports: li
         upload.upload(lambda f: (None, *preview(f, None)), [upload], [photo, shown, message])
         upload.clear(lambda: (None, ""), None, [shown, message])
         photo.input(lambda p: (None, *preview(None, p)), [photo], [upload, shown, message])
-        model.input(choose_model, [model], [method, targets, candidates, message])
+        model.input(choose_model, [model], [method, targets, candidates, threshold, message])
         outputs = [message, overlays, predictions, concepts, heads, download, picker]
-        button.click(explain_image, [upload, photo, model, method, targets, top_k, candidates], outputs)
+        button.click(explain_image, [upload, photo, model, method, targets, top_k, candidates, threshold], outputs)
         # the picked detection alone; the picker keeps listing every detection of the last full explanation
-        picker.input(lambda u, p, m, me, pick, k, c: (*explain_image(u, p, m, me, [pick] if pick else None, k, c)[:-1],
-                                                      gr.update()),
-                     [upload, photo, model, method, picker, top_k, candidates], outputs)
+        picker.input(lambda u, p, m, me, pick, k, c, t: (*explain_image(u, p, m, me, [pick] if pick else None, k, c,
+                                                                        t)[:-1], gr.update()),
+                     [upload, photo, model, method, picker, top_k, candidates, threshold], outputs)
     return app
 
 

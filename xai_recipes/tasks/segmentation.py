@@ -98,7 +98,7 @@ def bind(call: Call) -> Bound:
     region = _region(call.options.get("region"))
     outputs = Outputs()
 
-    def with_region(inside: Callable[[torch.Tensor], torch.Tensor]) -> Recipe:
+    def with_region(inside: Callable[[torch.Tensor], tuple[Any, torch.Tensor]]) -> Recipe:
         scores = _RegionScores(recipe, inside, outputs)
         return replace(recipe, logits=scores.logits, inputs=scores.inputs)
 
@@ -130,7 +130,7 @@ def bind(call: Call) -> Bound:
                     if not hit and c in order:
                         raise NoDetectionError(
                             f"the model's {id2label.get(c, c)!r} region exists only at the image's size (upsampled "
-                            f"from the logits: {int(share[c] * area.size)} pixels) and is empty at the model's input, "
+                            f"from the logits: {round(share[c] * area.size)} pixels) and is empty at the model's input, "
                             "so its region score is 0; pass region= a mask or box around it to explain the class there")
                     if not hit:
                         raise NoDetectionError(
@@ -147,12 +147,12 @@ def bind(call: Call) -> Bound:
             masks = [region_mask(region, size) for size in sizes]
             mapped: dict[tuple[int, ...], torch.Tensor] = {}  # by input size: measured once, not per forward pass
 
-            def inside(full: torch.Tensor) -> torch.Tensor:
-                hw = tuple(full.shape[-2:])
+            def inside(pred: torch.Tensor) -> tuple[None, torch.Tensor]:
+                hw = tuple(pred.shape[-2:])
                 if hw not in mapped:
                     out = [_to_input(mask, processor, recipe, size, hw) for mask, size in zip(masks, sizes)]
                     mapped[hw] = torch.from_numpy(np.stack(out))[:, None]
-                return mapped[hw].to(full.device)
+                return None, mapped[hw].to(pred.device)
 
             return with_region(inside)
 
@@ -167,17 +167,30 @@ def type_output(logits: torch.Tensor) -> Any:
     return SemanticSegmenterOutput(logits=logits)
 
 
-def predicted(full: torch.Tensor) -> torch.Tensor:
-    """``B×C×H×W`` bool: each class's own predicted pixels (the argmax of ``full``)."""
-    pred = full.detach().argmax(1)
-    return nn.functional.one_hot(pred, full.shape[1]).permute(0, 3, 1, 2).bool()
+def predicted(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted classes ``P`` and each one's own pixels ``B×|P|×H×W`` (``pred``: the ``B×H×W`` argmax)."""
+    classes = pred.unique()
+    return classes, pred[:, None] == classes[None, :, None, None]
+
+
+def summed_over(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``Σ_p upsampled(logits)[b, k, p] · masks[b, k, p]`` without upsampling ``logits`` with a graph: bilinear
+    upsampling is linear, so the sum is ``logits`` against the upsampling's adjoint applied to the masks."""
+    with torch.enable_grad():
+        low = torch.zeros(masks.shape[0], masks.shape[1], *logits.shape[-2:], dtype=logits.dtype,
+                          device=logits.device, requires_grad=True)
+        (weights,) = torch.autograd.grad(upsampled(low, tuple(masks.shape[-2:])), low,
+                                         grad_outputs=masks.to(logits.dtype))
+    return weights
 
 
 class _RegionScores:
     """The recipe's logits turned into ``B×C`` region scores: each class's logits (upsampled to the model
-    input, whose size :meth:`inputs` notes on the way in) summed over ``inside(logits)``."""
+    input, whose size :meth:`inputs` notes on the way in) summed over its region. ``inside(argmax)`` gives the
+    regions: ``(classes, B×|classes|×H×W masks)``, or ``(None, B×1×H×W)``, one region for every class."""
 
-    def __init__(self, recipe: Recipe, inside: Callable[[torch.Tensor], torch.Tensor], outputs: Outputs) -> None:
+    def __init__(self, recipe: Recipe, inside: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
+                 outputs: Outputs) -> None:
         self.recipe, self.inside, self.outputs = recipe, inside, outputs
         self.input_size: tuple[int, int] | None = None
 
@@ -187,10 +200,16 @@ class _RegionScores:
 
     def logits(self, output: Any) -> torch.Tensor:
         logits = self.recipe.logits(output)
-        full = upsampled(logits, self.input_size or tuple(logits.shape[-2:]))
-        inside = self.inside(full)
-        scores = (full * inside.to(full.dtype)).flatten(2).sum(-1)
-        self.outputs.keep(scores, (logits.detach(), full.detach().argmax(1)))
+        with torch.no_grad():
+            pred = upsampled(logits.detach(), self.input_size or tuple(logits.shape[-2:])).argmax(1)
+        classes, masks = self.inside(pred)
+        weights = summed_over(logits, masks)  # B×|P|×h×w, or B×1×h×w: one region for every class
+        if masks.shape[1] == 1:
+            scores = (logits * weights).flatten(2).sum(-1)
+        else:
+            picked = (logits[:, classes] * weights).flatten(2).sum(-1)
+            scores = logits.new_zeros(logits.shape[:2]).index_add(1, classes, picked)
+        self.outputs.keep(scores, (logits.detach(), pred))
         return scores
 
 

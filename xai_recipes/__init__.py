@@ -34,7 +34,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .method import Batch, Method, Result
-from .recipe import Attention, Recipe, conv_out, halvings, infer_grid, output_logits, stage_grid, tokens_to_map
+from .recipe import Attention, Queries, Recipe, conv_out, halvings, infer_grid, output_logits, stage_grid, tokens_to_map
 from .task import Bound, Call, Region, Task
 from .targets import resolve_targets
 from .registry import (
@@ -91,7 +91,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Method", "Batch", "Result", "Attention", "get_method", "list_methods", "methods_table", "LogitsModel",
+    "Method", "Batch", "Result", "Attention", "Queries", "get_method", "list_methods", "methods_table", "LogitsModel",
     "forward_with_capture", "target_grads", "MethodNotApplicableError", "evaluate", "Annotated", "Evaluation",
     "load_annotations", "parameter_randomisation", "SanityReport", "audit", "Audit", "to_dataset", "Explanation", "Recipe", "explain", "load", "describe", "Description", "fit_gam", "gam_from_sklearn", "gam_from_head", "FitReport",
     "DinoGAMConfig", "DinoGAMForImageClassification", "DatasetError", "wrap_timm_model", "ImageSkippedWarning", "hookimpl", "conv_out", "halvings", "output_logits",

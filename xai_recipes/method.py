@@ -24,6 +24,7 @@ NEEDS: dict[str, Callable[[Recipe], bool]] = {
     "target_layers": lambda r: r.target_layers is not None,
     "head": lambda r: r.head is not None,
     "attention": lambda r: r.attention is not None,
+    "queries": lambda r: r.queries is not None,
 }
 
 
@@ -88,7 +89,8 @@ class Method:
     Attributes:
         name: unique name, e.g. ``"gradient-rollout"``; matched ignoring case, ``-``, ``_``, spaces.
         run: ``Batch -> Result``.
-        needs: recipe fields the method reads: ``"target_layers"``, ``"head"``, ``"attention"``.
+        needs: recipe fields the method reads: ``"target_layers"``, ``"head"``, ``"attention"``,
+            ``"queries"``.
         check: ``(model, recipe) -> None`` if the method applies, else one sentence saying why
             not and what to use instead (beyond ``needs``, e.g. "keys are spatially reduced").
         class_specific: whether maps differ per target class (attention maps do not).
@@ -129,4 +131,6 @@ _HINT = {
                       "needs no recipe field, e.g. integrated-gradients or saliency"),
     "head": "the classifier and any norm before it, on pooled features",
     "attention": "where the attention probabilities are: a model without attention layers has none; use gradcam",
+    "queries": ("the object queries of an encoder-decoder detector (DETR) and their attention: a classifier or backbone "
+                "has none; use attention, gradient-rollout or gradcam"),
 }

@@ -64,6 +64,39 @@ class Attention:
     pool: Callable[[nn.Module], nn.Module] | None = None
 
 
+@dataclass(frozen=True)
+class Queries:
+    """Where an encoder-decoder detector's (DETR's) attention probabilities are, for the query methods.
+
+    The encoder attends among the ``N = h·w`` image tokens, the decoder among its ``Q`` object
+    queries and from the queries to the image tokens; each detection is one query.
+
+    Attributes:
+        encoder: ``model -> [module, ...]``: the encoder's self-attention, one per layer in forward
+            order, each giving ``B×heads×N×N`` probabilities as item ``item`` of its output.
+        decoder: ``model -> [module, ...]``: the decoder's self-attention among the queries
+            (``B×heads×Q×Q``), one per layer.
+        cross: ``model -> [module, ...]``: the decoder's cross-attention from the queries to the
+            image tokens (``B×heads×Q×N``), one per layer, in the order of ``decoder``.
+        grid: ``model -> module`` whose ``B×C×h×w`` output the encoder flattens, row by row, into
+            its ``N = h·w`` tokens: the grid the maps are read on, at any input size.
+        item: the item of each module's output tuple holding the probabilities (transformers'
+            attention modules return ``(output, weights)``: ``1``). The engine makes the model
+            compute them for the call (eager attention instead of SDPA) and restores it afterwards.
+        forward_kwargs: extra model arguments for the forward pass. Attention modules whose
+            ``forward`` takes ``output_attentions`` are asked for their probabilities directly;
+            a model-level ``output_attentions=True`` is best avoided: transformers 5 answers it by
+            installing recording hooks on the user's model for good.
+    """
+
+    encoder: Callable[[nn.Module], Sequence[nn.Module]]
+    decoder: Callable[[nn.Module], Sequence[nn.Module]]
+    cross: Callable[[nn.Module], Sequence[nn.Module]]
+    grid: Callable[[nn.Module], nn.Module]
+    item: int = 1
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
 def output_logits(output: Any) -> torch.Tensor:
     """The default tensor-output wrapper: ``ModelOutput.logits`` (or a plain tensor)."""
     return output if isinstance(output, torch.Tensor) else output.logits
@@ -97,6 +130,8 @@ class Recipe:
             ``{"pixel_values": image, **forward_kwargs}``.
         attention: where the attention probabilities are (:class:`Attention`), for the
             attention methods; ``None`` for models without attention.
+        queries: where an encoder-decoder detector's attention is (:class:`Queries`), for the
+            query methods (``cross-attention``, ``bimodal-rollout``); ``None`` for other models.
         stages: ``model -> [module, ...]``: for hierarchical models, the output of each stage,
             shallow to deep, the last being the target layer; ``reshape`` must take each one's
             activations. The CAM methods then read the deepest stage whose grid is at least 7 on
@@ -128,6 +163,7 @@ class Recipe:
     image: Callable[[Mapping[str, Any]], torch.Tensor] | None = None
     inputs: Callable[[nn.Module, torch.Tensor], dict[str, Any]] | None = None
     attention: Attention | None = None
+    queries: Queries | None = None
     stages: Callable[[nn.Module], Sequence[nn.Module]] | None = None
     default_method: str = "gradcam"
     unsupported: Mapping[str, str] = field(default_factory=dict)

@@ -7,7 +7,10 @@ image's pixels, best first, at most ``top_k`` (default 10). Each detection is on
 scores the methods differentiate are the model's ``B×Q×C`` logits flattened, so T detections cost
 one forward pass and one batched backward. Targets: an index in best-first order, a label (every
 detection of it), or a box ``(x0, y0, x1, y1)`` in image pixels (the detection overlapping it most,
-IoU ≥ 0.1), or a list of those.
+IoU ≥ 0.1), or a list of those. ``box_terms=True`` adds the box terms, as grad-cam's
+``FasterRCNNBoxScoreTarget`` does: each query's score becomes its class logit plus the IoU of its
+predicted box with its box on the unperturbed image (the image's first forward pass), so the map
+explains where the box is as well as what is in it.
 """
 
 from __future__ import annotations
@@ -171,11 +174,22 @@ def bind(call: Call) -> Bound:
     outputs = Outputs()
     recipe = call.recipe
 
-    def scores(output: Any) -> torch.Tensor:
-        logits = recipe.logits(output)
-        flat = logits.flatten(1)
-        outputs.keep(flat, output)
-        return flat
+    def scorer(reference: dict[str, torch.Tensor] | None) -> Callable[[Any], torch.Tensor]:
+        def scores(output: Any) -> torch.Tensor:
+            logits = recipe.logits(output)
+            if reference is not None:  # box terms: + each query's box IoU with its box on the unperturbed image
+                boxes = output.pred_boxes
+                reference.setdefault("boxes", boxes.detach())
+                logits = logits + box_iou(boxes, reference["boxes"])[..., None].to(logits.dtype)
+            flat = logits.flatten(1)
+            outputs.keep(flat, output)
+            return flat
+        return scores
+
+    box_terms = call.options.get("box_terms", False)
+    if not isinstance(box_terms, bool):
+        raise XAIRecipesError(f"box_terms must be True or False, got {box_terms!r}; pass box_terms=True to add each "
+                              "detection's box IoU to its score")
 
     def select(scores_: torch.Tensor, sizes: Sequence[tuple[int, int]], top_k: int) -> list[tuple[list[Region], list[Region]]]:
         output = outputs.find(scores_)
@@ -186,7 +200,25 @@ def bind(call: Call) -> Bound:
             picked.append((pick(found, wanted, top_k, size, float(threshold), id2label), found))
         return picked
 
-    return Bound(replace(recipe, logits=scores), {}, None, lambda s: s.float(), select=select, top_k=TOP_K)
+    def for_images(sizes: Sequence[tuple[int, int]]) -> Recipe:  # the reference boxes: the image's first forward
+        return replace(recipe, logits=scorer({}))
+
+    return Bound(replace(recipe, logits=scorer(None)), {}, None, lambda s: s.float(), select=select, top_k=TOP_K,
+                 for_images=for_images if box_terms else None)
+
+
+def box_iou(boxes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Elementwise IoU of ``…×4`` normalised ``(cx, cy, w, h)`` boxes with ``reference`` (differentiable in ``boxes``)."""
+    def corners(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cx, cy, w, h = b.unbind(-1)
+        return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+    ax0, ay0, ax1, ay1 = corners(boxes)
+    bx0, by0, bx1, by1 = corners(reference)
+    inter = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0) * \
+            (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union.clamp(min=1e-12)
 
 
 NOT_FOR_DETECTION = "{} names its maps by a classifier's own classes; a detection is explained by its query's logit"
@@ -196,7 +228,7 @@ TASK = Task(
     bind=bind,
     check=_check,
     priority=30,
-    options={"threshold": THRESHOLD},
+    options={"threshold": THRESHOLD, "box_terms": False},
     unsupported={m: NOT_FOR_DETECTION.format(m) for m in ("dff", "patch-contributions")},
     description="Each detection of an object detector (its query's class logit), after the model's own post-processing",
     reference='transformers pipeline("object-detection")',

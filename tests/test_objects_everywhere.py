@@ -186,3 +186,18 @@ def test_the_users_model_is_unchanged_with_eight_threads(tmp_path):
         np.testing.assert_allclose(exp.heatmaps, alone.heatmaps, atol=1e-5)
     assert not state_differences(before, model_state(model))
     assert torch.is_grad_enabled()
+
+
+def test_box_terms_add_the_iou_with_the_unperturbed_box_as_grad_cams_box_score_target():
+    from xai_recipes.tasks.detection import box_iou
+
+    model, processor = random_detr()
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    assert box_iou(boxes, boxes).item() == pytest.approx(1.0)
+    assert box_iou(torch.tensor([[0.5, 0.5, 0.2, 0.4]]), torch.tensor([[0.6, 0.5, 0.2, 0.4]])).item() == pytest.approx(1 / 3)
+    plain = explain(model, IMAGE, processor=processor, threshold=0.0, top_k=2, method="occlusion")
+    boxed = explain(model, IMAGE, processor=processor, threshold=0.0, top_k=2, method="occlusion", box_terms=True)
+    assert boxed.boxes == plain.boxes and boxed.scores == plain.scores  # the detections are the model's own
+    assert np.abs(boxed.heatmaps - plain.heatmaps).max() > 1e-3  # occluding moves the boxes: the IoU term counts
+    with pytest.raises(xai_recipes.XAIRecipesError, match="box_terms"):
+        explain(model, IMAGE, processor=processor, threshold=0.0, box_terms="yes")

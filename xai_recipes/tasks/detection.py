@@ -10,7 +10,9 @@ detection of it), or a box ``(x0, y0, x1, y1)`` in image pixels (the detection o
 IoU ≥ 0.1), or a list of those. ``box_terms=True`` adds the box terms, as grad-cam's
 ``FasterRCNNBoxScoreTarget`` does: each query's score becomes its class logit plus the IoU of its
 predicted box with its box on the unperturbed image (the image's first forward pass), so the map
-explains where the box is as well as what is in it.
+explains where the box is as well as what is in it. (At the unperturbed image the IoU is at its
+maximum, 1, where its gradient vanishes: the term changes what perturbation methods see, occlusion,
+feature ablation, the SHAP family, not the gradient methods' maps — as with grad-cam's target.)
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NoDetectionError, RegionError, TargetIndexError, XAIRecipesError
+from ..errors import NoDetectionError, RegionError, TargetIndexError, UnknownLabelError, XAIRecipesError
 from ..hookspecs import hookimpl
 from ..recipe import Recipe
 from ..targets import resolve_targets
 from ..task import Bound, Call, Outputs, Region, Task
+from .zero_shot_detection import is_open_vocabulary
 
 THRESHOLD = 0.5  # pipeline("object-detection")'s default
 MIN_IOU = 0.1
@@ -43,6 +46,9 @@ def is_detector(model: nn.Module) -> bool:
 def _check(model: nn.Module, recipe: Recipe, target: Any) -> str | None:
     if not is_detector(model):
         return f"{type(model).__name__} is not an object detector (an AutoModelForObjectDetection model)"
+    if is_open_vocabulary(model):
+        return (f"{type(model).__name__} detects text prompts, not classes of its own: pass target='a prompt' "
+                "(task 'zero-shot-object-detection')")
     if recipe.embedding is not None:
         return f"recipe {recipe.name!r} explains an image embedding, not a detector's query logits"
     return None
@@ -79,7 +85,11 @@ def parse_targets(target: Any, id2label: dict[int, str]) -> list[tuple[str, Any]
         if box is not None:
             out.append(("box", box))
         elif isinstance(item, str):
-            out.append(("label", resolve_targets(item, id2label)[0]))
+            try:
+                out.append(("label", resolve_targets(item, id2label)[0]))
+            except UnknownLabelError as exc:
+                raise UnknownLabelError(f"{exc} (a detector finds only its own classes; free-text prompts need an "
+                                        "open-vocabulary detector such as OWL-ViT or OWLv2)") from None
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) or getattr(item, "ndim", None) == 0 \
                 and "int" in str(getattr(item, "dtype", "")):
             if int(item) < 0:

@@ -296,6 +296,58 @@ def similarity_quality(name: str, example: Example) -> list[str]:
     return quality_table(name, recipe, methods, summary, "real DINOv2 ViT-S/14 (tests/real_dinov2.py)", 4, 0, where)
 
 
+OBJECT_SEED, OBJECT_N, OBJECT_SIZES = 41, 40, [(96, 96), (96, 128), (128, 96), (112, 112)]
+#: The methods compared on detectors and segmenters (those that apply to the recipe; the query methods on DETR).
+OBJECT_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam", "cross-attention", "bimodal-rollout")
+
+
+def trained_objects(folder_name: str, kind: str) -> Callable[[], Example | None]:
+    """The tiny detector or segmenter trained here on synthetic scenes of 2–3 digits (``tests/trained/<folder>``),
+    on a held-out 112×112 scene: the model's own detections (regions), the best two."""
+    def build() -> Example | None:
+        folder = TRAINED / folder_name
+        if not (folder / "config.json").is_file():
+            return None
+        import numpy as np
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from digits import make_scene
+
+        scene = make_scene(np.random.default_rng(5), [3, 7, 1], (112, 112), height_frac=(0.2, 0.3), safe_frac=0.95)
+        return Example(folder, scene.image,
+                       f"the tiny {kind} trained on synthetic scenes of two or three digits (`tests/trained/{folder_name}`), "
+                       "on a held-out 112×112 scene holding a 3, a 7 and a 1: its own detections (regions), the best two",
+                       quality=objects_quality)
+    return build
+
+
+def objects_quality(name: str, example: Example) -> list[str]:
+    """evaluate() per detection / region on held-out scenes of 2–3 digits: pointing and energy against the
+    annotation each matches (the digit's mask)."""
+    import xai_recipes
+    from xai_recipes.evaluation_objects import Annotation, Objects
+    from xai_recipes.loading import load
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from digits import DIGITS, make_multi_scenes
+
+    model = load(example.model)[0]
+    recipe = xai_recipes.get_recipe(name)
+    methods = [m for m in OBJECT_METHODS if xai_recipes.get_method(m).why_not(model, recipe) is None]
+    segmenter = "segment" in xai_recipes.find_task(model, recipe).name
+    scenes = make_multi_scenes(OBJECT_SEED, OBJECT_N, OBJECT_SIZES)
+    data = [Objects(s.image, [Annotation(DIGITS[d], box, mask) for d, box, mask in zip(s.digits, s.boxes, s.masks)],
+                    f"scene {i}") for i, s in enumerate(scenes)]
+    result = xai_recipes.evaluate(example.model, data, methods=methods, recipe=name, tolerance=0)
+    rel = Path(example.model).relative_to(ROOT).as_posix()
+    what = "region (each predicted digit class, background left out of the match)" if segmenter else "detection"
+    where = (f"{OBJECT_N} held-out scenes of two or three digits (`tests/digits.make_multi_scenes(seed={OBJECT_SEED}, "
+             f"n={OBJECT_N}, sizes={OBJECT_SIZES})`), every {what} scored against the digit it matches (same label; "
+             "detections: box IoU ≥ 0.5), region = that digit's mask; `matched`: the share of explained targets with a "
+             "matching digit")
+    return quality_table(name, recipe, methods, result.summary, rel, len(data), 0, where)
+
+
 #: recipe name → example-model builder (returns None when its model is not available)
 EXAMPLES: dict[str, Callable[[], Example | None]] = {
     **{family: trained(family) for family in TRAINED_FAMILIES},
@@ -312,6 +364,8 @@ EXAMPLES: dict[str, Callable[[], Example | None]] = {
     "clip": trained_zero_shot("clip", "CLIP"),
     "siglip": trained_zero_shot("siglip", "SigLIP"),
     "dinov2-backbone": real_dinov2_similarity,
+    "detr": trained_objects("detr", "DETR-family detector"),
+    "segformer-semantic": trained_objects("segformer_seg", "SegFormer segmenter"),
 }
 
 
@@ -661,20 +715,24 @@ def render_method(method, recipes: dict, examples: dict) -> str:
 TASKS_DIR = GALLERY / "tasks"
 #: task → the recipe whose figure its page shows
 TASK_EXAMPLES = {"image-classification": "timm_wrapper", "zero-shot-image-classification": "clip",
-                 "image-feature-extraction": "dinov2-backbone"}
+                 "image-feature-extraction": "dinov2-backbone", "object-detection": "detr",
+                 "image-segmentation": "segformer-semantic"}
 
 
 def render_task(task, recipes: dict) -> str:
     """A task's page: what it explains, its options, which recipes it serves, a figure."""
-    serves = sorted(n for n, r in recipes.items() if (r.embedding is not None) != (task.name == "image-classification"))
+    covered = {row["recipe"] for row in json.loads(COVERAGE_JSON.read_text())["rows"]
+               if row.get("task") == task.name} if COVERAGE_JSON.is_file() else set()
+    serves = sorted(n for n in recipes if n in covered) or sorted(
+        n for n, r in recipes.items() if (r.embedding is not None) != (task.name == "image-classification"))
     out = [f"# {task.name}", "", task.description or "*(no description)*", "", "| | |", "|---|---|",
            f"| Plugin | `{task.plugin}` |", f"| Reference | {task.reference or '—'} |",
            f"| Priority (without `task=`) | {task.priority} |",
            f"| Options | {', '.join(f'`{k}={v!r}`' for k, v in task.options.items()) or '—'} |",
            f"| Methods it refuses | {'; '.join(f'`{m}`: {why}' for m, why in task.unsupported.items()) or '—'} |",
            "", "## Recipes", "",
-           "The recipes whose output this task reads (an image embedding for the zero-shot and similarity tasks, "
-           "class logits for classification):", "",
+           "The recipes whose output this task reads (the coverage table's architectures explained by this task; "
+           "without it: an image embedding for the zero-shot and similarity tasks, class logits for classification):", "",
            ", ".join(f"[{n}](../{n}.md)" for n in serves) or "—", ""]
     example = TASK_EXAMPLES.get(task.name)
     figure = IMG / f"{example}-gradcam.png" if example else None

@@ -170,20 +170,27 @@ def test_ray_rows_carry_boxes_and_masks(detr_folder, segformer_folder, tmp_path)
     assert json.loads(row["boxes"]) is None
 
 
-def test_the_users_model_is_unchanged_with_eight_threads(tmp_path):
+@pytest.mark.parametrize("kind", ["detector", "segmenter"])
+def test_the_users_model_is_unchanged_with_eight_threads(kind):
     from concurrent.futures import ThreadPoolExecutor
 
     from hostile import model_state, state_differences
 
-    model, processor = random_detr()
+    model, processor = random_detr() if kind == "detector" else random_segformer()
     model.train()
     before = model_state(model)
-    alone = explain(model, IMAGE, processor=processor, threshold=0.0, top_k=3)
+    region = np.zeros((60, 80), bool)
+    region[5:40, 10:50] = True
+    calls = ([{"threshold": 0.0, "top_k": 3}, {"threshold": 0.0, "target": (20, 15, 60, 45)}] if kind == "detector" else
+             [{"top_k": 3}, {"region": region, "target": "a"}])
+    alone = [explain(model, IMAGE, processor=processor, **c) for c in calls]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: explain(model, IMAGE, processor=processor, threshold=0.0, top_k=3), range(16)))
-    for exp in results:
-        assert exp.boxes == alone.boxes and exp.labels == alone.labels
-        np.testing.assert_allclose(exp.heatmaps, alone.heatmaps, atol=1e-5)
+        results = list(pool.map(lambda i: (i % 2, explain(model, IMAGE, processor=processor, **calls[i % 2])), range(16)))
+    for i, exp in results:
+        assert exp.boxes == alone[i].boxes and exp.labels == alone[i].labels
+        np.testing.assert_allclose(exp.heatmaps, alone[i].heatmaps, atol=1e-5)
+        if exp.masks is not None:
+            np.testing.assert_array_equal(exp.masks, alone[i].masks)
     assert not state_differences(before, model_state(model))
     assert torch.is_grad_enabled()
 

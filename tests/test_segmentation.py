@@ -46,11 +46,26 @@ class UpsampledLogits(nn.Module):
         return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class PostProcessedScores(nn.Module):
+    """``pixel_values -> `` a mask classifier's per-pixel class scores at the input's size, as its processor's own
+    ``post_process_semantic_segmentation(..., return_segmentation_scores=True)`` computes them (differentiably)."""
+
+    def __init__(self, model: nn.Module, processor) -> None:
+        super().__init__()
+        self.model, self.processor = model, processor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.processor.post_process_semantic_segmentation(
+            self.model(pixel_values=x), target_sizes=[x.shape[-2:]] * len(x), return_segmentation_scores=True)
+        return torch.stack([o.segmentation_scores for o in out])
+
+
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: list[int],
-             region: np.ndarray | None = None) -> np.ndarray:
+             region: np.ndarray | None = None, wrapper: nn.Module | None = None) -> np.ndarray:
     """grad-cam's GradCAM of ``SemanticSegmentationTarget(c, mask)`` for each class on the model input ``x``
-    (``1×3×H×W``): ``mask`` the model's own argmax region of ``c``, or ``region``."""
-    wrapper = UpsampledLogits(model)
+    (``1×3×H×W``): ``mask`` the model's own argmax region of ``c``, or ``region``; the scores the model's logits
+    upsampled to the input, or ``wrapper``'s."""
+    wrapper = wrapper or UpsampledLogits(model)
     with torch.no_grad():
         pred = wrapper(x)[0].argmax(0).numpy()
     masks = [(pred == c) if region is None else region for c in classes]
@@ -278,3 +293,69 @@ def test_the_classifiers_and_depth_estimators_of_these_model_types_keep_their_re
     for family in FAMILIES:  # and each segmenter's own recipe wins over any recipe of its model type
         model = FAMILIES[family][0](family_config(family))
         assert xai_recipes.find_recipe(model).name == FAMILIES[family][2], family
+
+
+# ---- mask classifiers: a class and a mask per query --------------------------------------------------------
+
+
+def mask_classifier(family: str) -> tuple[nn.Module, object]:
+    """A random Mask2Former or MaskFormer (tiny Swin backbone, 8 queries, 6 classes) and its processor at 64×64.
+    Random heads predict one class everywhere: the queries, class and mask heads are drawn wider (and MaskFormer's
+    cross-attention sharpened) so that it predicts three classes on :data:`PICTURE`."""
+    swin = T.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                        window_size=4, out_features=STAGES)
+    torch.manual_seed(1 if family == "mask2former" else 0)
+    if family == "mask2former":
+        model = T.Mask2FormerForUniversalSegmentation(T.Mask2FormerConfig(
+            backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
+            dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2, num_queries=8, **SIX))
+        processor = T.Mask2FormerImageProcessor(size={"height": 64, "width": 64}, size_divisor=0)
+    else:
+        decoder = dict(model_type="detr", d_model=32, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+                       encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_queries=8)
+        model = T.MaskFormerForInstanceSegmentation(T.MaskFormerConfig(
+            backbone_config=swin, fpn_feature_size=32, mask_feature_size=32, decoder_config=decoder, **SIX))
+        processor = T.MaskFormerImageProcessor(size={"height": 64, "width": 64}, size_divisor=0)
+    model = calibrate_batchnorm(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "mask_embedder.2.0.weight" in name or name == "class_predictor.weight":
+                p.copy_(torch.randn(p.shape, generator=g) * 2)
+            elif name == "class_predictor.bias":
+                p.zero_()
+            elif name.startswith("model.transformer_module.queries_"):
+                p.copy_(torch.randn(p.shape, generator=g) * 3)
+            elif family == "maskformer" and name.endswith(("encoder_attn.q_proj.weight", "encoder_attn.k_proj.weight")):
+                p.mul_(5)
+    return model.to(torch.float64), processor
+
+
+@pytest.mark.parametrize("family", ["mask2former", "maskformer"])
+def test_mask_classifiers_explain_their_semantic_post_processing(family):
+    model, processor = mask_classifier(family)
+    exp = explain(model, PICTURE, processor=processor, method="gradcam", top_k=5)
+    layer = "model.pixel_level_module.decoder.mask_projection"
+    assert (exp.recipe, exp.target_layers, exp.task) == (family, [layer], "image-segmentation")
+    segments = pipeline_segments(model, processor, PICTURE)
+    assert len(segments) >= 3, [label for label, _ in segments]
+    assert [p[1] for p in exp.predictions] == exp.labels == [label for label, _ in segments][:5]
+    for label, mask in zip(exp.labels, exp.masks):
+        np.testing.assert_array_equal(mask, dict(segments)[label])
+    x = pixels(processor, PICTURE)
+    with torch.no_grad():  # the recipe's scores are the processor's own, upsampled as it does
+        ours = xai_recipes.get_recipe(family).logits(model(pixel_values=x))
+        theirs = PostProcessedScores(model, processor)(x)
+    torch.testing.assert_close(nn.functional.interpolate(ours, size=(64, 64), mode="bilinear", align_corners=False),
+                               theirs, atol=1e-12, rtol=0)
+    ref = grad_cam(model, model.get_submodule(layer), x, exp.indices, wrapper=PostProcessedScores(model, processor))
+    np.testing.assert_allclose(exp.heatmaps, exp.geometry.to_image(ref)[0], atol=1e-5)
+    assert np.abs(exp.heatmaps[0] - exp.heatmaps[1]).max() > 0.05
+
+
+def test_a_mask_classifier_needs_a_recipe_that_gives_per_pixel_scores():
+    model, processor = mask_classifier("maskformer")
+    bare = xai_recipes.Recipe(name="bare", model_types=("maskformer",),
+                              target_layers=lambda m: [m.model.pixel_level_module.decoder.mask_projection])
+    with pytest.raises(xai_recipes.TaskNotApplicableError, match="a class and a mask per query.*mask2former and mask"):
+        explain(model, PICTURE, processor=processor, method="gradcam", recipe=bare, task="image-segmentation")

@@ -8,7 +8,9 @@ input through the processor's measured geometry. Targets: class names or indices
 ``top_k`` largest predicted classes, 3 by default; inside ``region=``, the largest there). The
 regions shown are ``pipeline("image-segmentation", subtask="semantic")``'s: the processor's
 ``post_process_semantic_segmentation`` at the image's size; each carries its mask and its share of
-the image (of the region, with ``region=``) as score.
+the image (of the region, with ``region=``) as score. Mask classifiers (MaskFormer, Mask2Former: a class
+and a mask per query) are segmenters too where their recipe's ``logits`` give their per-pixel class scores
+``B×C×h×w``, the map their ``post_process_semantic_segmentation`` upsamples and argmaxes.
 """
 
 from __future__ import annotations
@@ -25,22 +27,29 @@ from torch import nn
 from ..errors import NoDetectionError, RegionError
 from ..geometry import measure
 from ..hookspecs import hookimpl
-from ..recipe import Recipe
+from ..recipe import Recipe, output_logits
 from ..targets import resolve_targets
 from ..task import Bound, Call, Outputs, Region, Task
 from .detection import _box
 
 TOP_K = 3
+#: Mask classifiers: a class and a mask per query (``Mask2FormerForUniversalSegmentation``,
+#: ``MaskFormerForInstanceSegmentation``).
+MASK_CLASSIFIERS = ("ForUniversalSegmentation", "ForInstanceSegmentation")
 
 
 def is_segmenter(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers semantic segmenter (``*ForSemanticSegmentation``)."""
-    return type(model).__name__.endswith("ForSemanticSegmentation") and getattr(model, "config", None) is not None
+    """Whether ``model`` is a transformers semantic segmenter (``*ForSemanticSegmentation``) or mask classifier."""
+    name = type(model).__name__
+    return name.endswith(("ForSemanticSegmentation", *MASK_CLASSIFIERS)) and getattr(model, "config", None) is not None
 
 
 def _check(model: nn.Module, recipe: Recipe, target: Any) -> str | None:
     if not is_segmenter(model):
         return f"{type(model).__name__} is not a semantic segmenter (an AutoModelForSemanticSegmentation model)"
+    if type(model).__name__.endswith(MASK_CLASSIFIERS) and recipe.logits is output_logits:
+        return (f"{type(model).__name__} predicts a class and a mask per query, and recipe {recipe.name!r} does not "
+                "turn them into per-pixel class scores (the mask2former and maskformer recipes do)")
     if recipe.embedding is not None:
         return f"recipe {recipe.name!r} explains an image embedding, not per-pixel class logits"
     return None
@@ -106,8 +115,7 @@ def bind(call: Call) -> Bound:
         logits, pred = outputs.find(scores)
         picked = []
         for b, size in enumerate(sizes):
-            seg = processor.post_process_semantic_segmentation(type_output(logits[b : b + 1]), target_sizes=[size])[0]
-            seg = seg.cpu().numpy()
+            seg = segmentation(processor, logits[b : b + 1], size).cpu().numpy()
             user = None if region is None else region_mask(region, size)
             area = seg[user] if user is not None else seg.ravel()
             classes, counts = np.unique(area, return_counts=True)
@@ -158,6 +166,15 @@ def bind(call: Call) -> Bound:
 
     return Bound(with_region(predicted), id2label, wanted, lambda s: s.float(), select=select, top_k=TOP_K,
                  for_images=for_images)
+
+
+def segmentation(processor: Any, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The ``H×W`` class map at ``size`` of ``1×C×h×w`` logits, as the processor's post-processing makes it. A mask
+    classifier's processor reads its queries, not logits: its ``post_process_semantic_segmentation`` upsamples the
+    per-pixel class scores (the recipe's logits) bilinearly to ``size`` and takes the argmax, done here."""
+    if hasattr(processor, "post_process_panoptic_segmentation"):
+        return upsampled(logits, size)[0].argmax(0)
+    return processor.post_process_semantic_segmentation(type_output(logits), target_sizes=[size])[0]
 
 
 def type_output(logits: torch.Tensor) -> Any:

@@ -85,19 +85,25 @@ def check_classifier(model: Any) -> None:
         )
 
 
-#: Architecture-name endings → the transformers auto class that loads them (tasks beyond classification).
-_TASK_MODELS = {"ForObjectDetection": "AutoModelForObjectDetection",
-                "ForSemanticSegmentation": "AutoModelForSemanticSegmentation"}
+#: Architecture-name endings → the transformers auto classes (model, processor) that load them (tasks beyond
+#: classification). Open-vocabulary detectors (OWL-ViT, OWLv2: ``*ForObjectDetection`` too) are known by their model
+#: type and load as zero-shot detectors, with the processor that holds their tokenizer.
+_TASK_MODELS = {"ForObjectDetection": ("AutoModelForObjectDetection", "AutoImageProcessor"),
+                "ForSemanticSegmentation": ("AutoModelForSemanticSegmentation", "AutoImageProcessor")}
+_ZERO_SHOT_DETECTOR = ("AutoModelForZeroShotObjectDetection", "AutoProcessor")
 
 
-def _task_model_class(archs: list[str]) -> Any:
-    """The auto class for a checkpoint whose architecture is a detector or segmenter, else ``None``."""
+def _task_model_class(archs: list[str], model_type: str | None = None) -> tuple[Any, Any] | None:
+    """The auto classes ``(model, processor)`` for a detector or segmenter checkpoint, else ``None``."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES
 
+    if archs and model_type in MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES:
+        return tuple(getattr(transformers, name) for name in _ZERO_SHOT_DETECTOR)
     for arch in archs:
-        for ending, auto in _TASK_MODELS.items():
+        for ending, autos in _TASK_MODELS.items():
             if str(arch).endswith(ending):
-                return getattr(transformers, auto)
+                return tuple(getattr(transformers, name) for name in autos)
     return None
 
 
@@ -197,9 +203,9 @@ def _load(ref: str, trust_remote_code: bool, backbone: bool = False) -> tuple[nn
     classifier = not archs or any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs)
     if not classifier and config.model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return _load_other(ref, trust_remote_code, AutoModelForZeroShotImageClassification, AutoProcessor)
-    task_auto = _task_model_class(archs)
+    task_auto = _task_model_class(archs, config.model_type)
     if not classifier and task_auto is not None:  # a detector or segmenter: its task explains it
-        return _load_other(ref, trust_remote_code, task_auto, AutoImageProcessor)
+        return _load_other(ref, trust_remote_code, *task_auto)
     if not classifier and backbone:
         return _load_other(ref, trust_remote_code, AutoModel, AutoImageProcessor)
     if not classifier:

@@ -64,15 +64,26 @@ EMBEDDING_RECIPES = {"clip": "test_zero_shot.py", "siglip": "test_zero_shot.py",
                      "open_clip": "test_open_clip.py", "dinov2-backbone": "test_similarity.py"}
 
 
+#: Detector and segmenter recipes → the test file that runs them on tiny random models of their families
+#: (against the pipelines' detections and segments, and grad-cam's maps).
+OBJECT_RECIPES = {"detr": "test_detection.py", "deformable_detr": "test_detection.py", "rt_detr": "test_detection.py",
+                  "yolos": "test_detection.py", "owlvit": "test_zero_shot_detection.py",
+                  **{name: "test_segmentation.py" for name in ("segformer-semantic", "upernet", "dpt-semantic",
+                                                               "beit-semantic", "deeplabv3", "deeplabv3plus",
+                                                               "mask2former", "maskformer")}}
+
+
 def test_every_builtin_recipe_has_a_tiny_model():
     from pathlib import Path
 
     recipes = xai_recipes.recipes()
     builtin = {r.name for r in recipes.values() if r.plugin in {p.name for p in xai_recipes.plugins() if p.distribution == "xai-recipes"}}
-    classifiers = {name for name in builtin if recipes[name].embedding is None}
+    objects = builtin & set(OBJECT_RECIPES)
+    assert objects == set(OBJECT_RECIPES), f"detector/segmenter recipes not registered: {set(OBJECT_RECIPES) - objects}"
+    classifiers = {name for name in builtin - objects if recipes[name].embedding is None}
     assert classifiers == set(MODELS), "a built-in recipe is registered without a test model (or vice versa)"
-    assert builtin - classifiers == set(EMBEDDING_RECIPES), "an embedding recipe without its test (or vice versa)"
-    for name, file in EMBEDDING_RECIPES.items():
+    assert builtin - classifiers - objects == set(EMBEDDING_RECIPES), "an embedding recipe without its test (or vice versa)"
+    for name, file in {**EMBEDDING_RECIPES, **OBJECT_RECIPES}.items():
         assert f'"{name}"' in (Path(__file__).parent / file).read_text(), f"{file} does not run recipe {name}"
 
 

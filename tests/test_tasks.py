@@ -49,7 +49,8 @@ def test_builtin_tasks_arrive_through_the_entry_point_group():
     assert names["similarity_task"] == ["image-feature-extraction"]
     assert names["detection_task"] == ["object-detection"]
     assert names["segmentation_task"] == ["image-segmentation"]
-    assert list(xai_recipes.tasks_table()) == ["object-detection", "image-segmentation",
+    assert names["zero_shot_detection_task"] == ["zero-shot-object-detection"]
+    assert list(xai_recipes.tasks_table()) == ["zero-shot-object-detection", "object-detection", "image-segmentation",
                                                "zero-shot-image-classification", "image-feature-extraction",
                                                "image-classification"]  # by priority
 

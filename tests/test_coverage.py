@@ -75,3 +75,44 @@ def test_every_served_zero_shot_architecture_works(generated):
     assert by_type["siglip2"]["status"] == "explicit", by_type["siglip2"]
     attention = {r["model_type"] for r in rows if {"gradient-rollout", "legrad"} <= set(r["attention_methods"])}
     assert {"clip", "siglip", "siglip2"} <= attention, attention
+
+
+#: per table: the architectures' mapping, the task that explains them, and how many at least are explained
+#: (explicit or derived recipe, GradCAM ok) — the PP-OCR text detectors, PP-DocLayout and the mask-query
+#: segmenters without a recipe are the rest, each with its reason
+OBJECT_TABLES = {
+    "object-detection": ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES", "object-detection", 12),
+    "image-segmentation": ("MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES", "image-segmentation", 10),
+    "universal-segmentation": ("MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES", "image-segmentation", 2),
+}
+
+
+@pytest.mark.parametrize("table", list(OBJECT_TABLES))
+def test_every_detector_and_segmenter_is_explained_or_says_why_not(generated, table):
+    from transformers.models.auto import modeling_auto
+
+    mapping, task, at_least = OBJECT_TABLES[table]
+    gen, rows = generated
+    rows = [r for r in rows if r["table"] == table]
+    assert [r["model_type"] for r in rows] == list(getattr(modeling_auto, mapping))
+    for r in rows:
+        if r["status"] in ("explicit", "derived"):
+            assert (r["task"], r["gradcam"], r["pipeline"]) == (task, "ok", "ok"), r  # the pipeline's detections / labels
+            assert r["layer"] and r["recipe"].startswith("derived:") == (r["status"] == "derived"), r
+        elif r["status"] == "failed":  # a recipe and a task, but explain() raised or its maps were constant
+            assert r["recipe"] and r["task"] == task and r["gradcam"].startswith("no: ") and r["note"], r
+        else:
+            assert r["status"] in ("unsupported", "not yet explained", "unbuildable here"), r
+            assert "Error" in r["note"] or r["status"] == "unbuildable here", r  # the engine's own typed error
+    assert sum(r["status"] in ("explicit", "derived") for r in rows) >= at_least
+
+
+def test_detectors_and_segmenters_without_a_recipe_are_derived(generated):
+    """No recipe serves these types: the probe finds their spatial layer (B×Q×C and B×C×h×w logits)."""
+    gen, rows = generated
+    by_type = {(r["table"], r["model_type"]): r for r in rows}
+    for key in [("object-detection", t) for t in ("d_fine", "lw_detr", "rf_detr")] + \
+               [("image-segmentation", t) for t in ("sapiens2", "tipsv2_dpt")]:
+        assert by_type[key]["status"] in ("derived", "explicit"), by_type[key]
+    assert by_type[("object-detection", "detr")]["recipe"] == "detr"
+    assert by_type[("image-segmentation", "segformer")]["recipe"] == "segformer-semantic"

@@ -11,6 +11,13 @@ so, as in the hand-written ViT recipe, the last block's input norm is chosen. Fo
 last spatial candidate of all is the feature layer, and the head is the module that turns its
 pooled output (mean, or the first token) into the logits: a linear layer (after a norm), else the
 model's own tail replayed on the embedding — verified numerically, or left out.
+
+Detectors (``B×Q×C`` logits: a class logit per object query) and semantic segmenters (``B×C×h×w``:
+a class logit per pixel) are probed the same way, the logits reduced to one number per image —
+each query's or pixel's largest class logit, summed — and the layer whose output *is* the logits
+(a segmenter's classifier) is no candidate. Their derived recipe keeps ``output.logits`` as it is
+(the object-detection and image-segmentation tasks turn it into scores) and has no DFF head and no
+attention (both read a classifier's ``B×labels`` logits).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from .modelstate import borrowed
 from .recipe import Attention, Recipe, infer_grid, output_logits, tokens_to_map
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+_KINDS = {2: "classifier", 3: "detector", 4: "segmenter"}  # by the logits' dimensions
+_HEADS = {"detector": "ForObjectDetection", "segmenter": "ForSemanticSegmentation"}
 _derived: weakref.WeakKeyDictionary[nn.Module, Recipe | str] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -147,20 +156,40 @@ def _probe(model: nn.Module, forward_kwargs: dict[str, Any], hw: tuple[int, int]
     finally:
         for h in handles:
             h.remove()
-    once = [s for s in seen.values() if runs[id(s.module)] == 1]  # a layer run twice cannot be hooked per pass
+    # a layer run twice cannot be hooked per pass; a segmenter's classifier outputs the logits themselves
+    once = [s for s in seen.values() if runs[id(s.module)] == 1 and not _same(s.output, logits)]
     return sorted(once, key=lambda s: s.order), logits
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` holds the logits ``b``, maybe channels-last (a per-pixel linear classifier, permuted after)."""
+    if a.numel() != b.numel() or a.dim() != b.dim():
+        return False
+    views = (a, a.permute(0, 3, 1, 2)) if a.dim() == 4 else (a,)
+    return any(v.shape == b.shape and torch.equal(v.detach(), b.detach()) for v in views)
+
+
+def _winners(logits: torch.Tensor) -> torch.Tensor:
+    """The probe's scalar: per classifier row, detector query (``B×Q×C``) or segmenter pixel
+    (``B×C×h×w``), the largest class logit, summed."""
+    return (logits.max(1) if logits.dim() == 4 else logits.max(-1)).values.sum()
 
 
 def _scales_with_input(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, int],
                        seen: list[_Seen]) -> tuple[list[_Seen], bool]:
     """Keep the candidates whose grid follows a second, wider input (a Perceiver's latents, say,
     look like a 16×16 grid but do not move with the input). Models that take one input size
-    only cannot be checked: then all candidates stay, and the description says so."""
-    wider = (hw[0], hw[1] + max(hw[1] // 2, 16) // 16 * 16)
-    try:
-        with torch.no_grad():
-            again, _ = _probe(model, kwargs, wider)
-    except Exception:  # noqa: BLE001 - fixed-size models refuse other sizes
+    only cannot be checked: then all candidates stay, and the description says so. The wider input
+    grows by a multiple of 16 px, else of 32 (feature pyramids that add strides 8 to 32 need it)."""
+    for step in (16, 32):
+        wider = (hw[0], hw[1] + max(hw[1] // 2, step) // step * step)
+        try:
+            with torch.no_grad():
+                again, _ = _probe(model, kwargs, wider)
+            break
+        except Exception:  # noqa: BLE001 - fixed-size models refuse other sizes
+            continue
+    else:
         return seen, False
     grids = {s.name: (s.layout, s.grid, s.prefix) for s in again}
     return [s for s in seen if s.name in grids and grids[s.name][0] == s.layout and grids[s.name][2] == s.prefix
@@ -169,7 +198,7 @@ def _scales_with_input(model: nn.Module, kwargs: dict[str, Any], hw: tuple[int, 
 
 def _spatial_grad(seen: list[_Seen], logits: torch.Tensor) -> list[bool]:
     outputs = [s.output for s in seen]
-    grads = torch.autograd.grad(logits.max(-1).values.sum(), outputs, allow_unused=True)
+    grads = torch.autograd.grad(_winners(logits), outputs, allow_unused=True)
     flags = []
     for s, g in zip(seen, grads):
         if g is None:
@@ -429,8 +458,11 @@ def _derive(model: nn.Module) -> Recipe:
             kwargs = {}
             seen, logits = _probe(model, kwargs, hw)
         seen, checked = _scales_with_input(model, kwargs, hw, seen)
-        if logits.dim() != 2:
-            raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: its logits are {tuple(logits.shape)}, not B×labels")
+        kind = _KINDS.get(logits.dim())
+        if kind is None or kind != "classifier" and not type(model).__name__.endswith(_HEADS[kind]):
+            raise NoRecipeError(f"cannot derive a recipe for {model_type!r}: its logits are {tuple(logits.shape)}, not "
+                                "B×labels (a classifier), B×queries×classes (a *ForObjectDetection) or B×classes×h×w "
+                                "(a *ForSemanticSegmentation)")
         flags = _spatial_grad(seen, logits) if seen else []
     except NoRecipeError:
         raise
@@ -445,8 +477,12 @@ def _derive(model: nn.Module) -> Recipe:
     target = targets[-1]
     stages = _stages(targets)
     feature = [s for s in seen if s.layout == target.layout][-1]
-    head, pooling, how = _head(model, feature, logits, kwargs, hw)
-    attention, where = _attention(model, kwargs, hw, feature, head, pooling)
+    if kind == "classifier":
+        head, pooling, how = _head(model, feature, logits, kwargs, hw)
+        attention, where = _attention(model, kwargs, hw, feature, head, pooling)
+    else:  # DFF and the attention readouts explain a classifier's B×labels logits
+        head, pooling, how = None, "mean", f"none (a {kind}'s logits {tuple(logits.shape)[1:]})"
+        attention, where = None, f"not probed (a {kind})"
     layout = {"maps": "B×C×h×w map", "channels_last": "B×h×w×C map",
               "tokens": f"tokens B×({target.prefix}+h·w)×C"}[target.layout]
     why = (f"derived: {target.name} is the last block/norm whose {layout} ({target.grid[0]}×{target.grid[1]} at "

@@ -23,6 +23,7 @@ QUERIES = Queries(
 RECIPE = Recipe(
     name="detr",
     model_types=("detr", "conditional_detr", "table-transformer"),
+    matches=lambda m: type(m).__name__.endswith("ForObjectDetection"),  # not DetrForSegmentation's layout
     target_layers=lambda m: [m.model.input_projection],
     queries=QUERIES,
     description="DETR / Conditional DETR / Table Transformer: the backbone map projected into the encoder (B×d×h×w).",

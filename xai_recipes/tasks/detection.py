@@ -117,12 +117,20 @@ def _corners(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H], -1)
 
 
+def image_output(output: Any, b: int) -> Any:
+    """Image ``b``'s part of a batch's detector output, detached: every batched tensor field (the
+    post-processing of some families reads more than ``logits`` and ``pred_boxes``, e.g. ``order_logits``)."""
+    batch = output.logits.shape[0]
+    fields = {k: v[b : b + 1].detach() for k, v in output.items()
+              if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch}
+    return type(output)(**fields)
+
+
 def detections(processor: Any, output: Any, size: tuple[int, int], threshold: float,
                id2label: dict[int, str]) -> list[Region]:
     """The detections of one image (``output`` of a batch of one), best first, each a query-class score."""
     logits, boxes = output.logits.detach(), output.pred_boxes.detach()
-    found = processor.post_process_object_detection(type(output)(logits=logits, pred_boxes=boxes), threshold=threshold,
-                                                    target_sizes=[size])[0]
+    found = processor.post_process_object_detection(output, threshold=threshold, target_sizes=[size])[0]
     n_classes = logits.shape[-1]
     corners = _corners(boxes[0], size)
     regions, used = [], set()
@@ -205,7 +213,7 @@ def bind(call: Call) -> Bound:
         output = outputs.find(scores_)
         picked = []
         for b, size in enumerate(sizes):
-            one = type(output)(logits=output.logits[b : b + 1], pred_boxes=output.pred_boxes[b : b + 1])
+            one = image_output(output, b)
             found = detections(call.processor, one, size, float(threshold), id2label)
             picked.append((pick(found, wanted, top_k, size, float(threshold), id2label), found))
         return picked

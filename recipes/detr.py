@@ -26,6 +26,7 @@ RECIPE = Recipe(
     matches=lambda m: type(m).__name__.endswith("ForObjectDetection"),  # not DetrForSegmentation's layout
     target_layers=lambda m: [m.model.input_projection],
     queries=QUERIES,
+    default_method="bimodal-rollout",  # trained Conditional DETR: peak in own box 0.97 (other 0.00); gradcam 0.35
     description="DETR / Conditional DETR / Table Transformer: the backbone map projected into the encoder (B×d×h×w).",
 )
 

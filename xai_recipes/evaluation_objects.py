@@ -6,7 +6,8 @@ gives; each detection is matched to the annotation of its label that its box ove
 ``min_iou``, 0.5 as in COCO's mAP@0.5), each segment to the union of its class's annotations; its map
 is scored by the pointing game and energy against that annotation's mask (its box when it has
 none). Detections and segments with no matching annotation are rows with ``matched = False`` and no
-scores: the summary gives, per method, the metrics' means over matched rows and the share matched.
+scores: the summary gives, per method, the metrics' means over matched rows, the share matched, and
+the number of images in which the model found nothing to explain (no detection above the threshold).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError, XAIRecipesError
+from .errors import DatasetError, NoDetectionError, XAIRecipesError
 from .images import ImageInput, load_image
 
 #: The metrics that apply per object (the perturbation curves explain whole-image probabilities).
@@ -126,11 +127,16 @@ def evaluate_objects(model: Any, samples: Iterable[Objects], names: list[str], e
         raise XAIRecipesError(f"metric(s) {unknown} score a whole image's probability; detections and segments are "
                               f"scored with {', '.join(OBJECT_METRICS)}")
     rows: list[dict[str, Any]] = []
+    empty = dict.fromkeys(names, 0)  # images in which the model finds nothing to explain (no detection above threshold)
     for sample in (progress or (lambda x: x))(samples):
         image = load_image(sample.image)
         shape = (image.height, image.width)
         for name in names:
-            exp = explain(model, image, method=name, **options)
+            try:
+                exp = explain(model, image, method=name, **options)
+            except NoDetectionError:
+                empty[name] += 1
+                continue
             if on_explanation:
                 on_explanation(sample, exp)
             for i, (label, score) in enumerate(zip(exp.labels, exp.scores)):
@@ -149,4 +155,5 @@ def evaluate_objects(model: Any, samples: Iterable[Objects], names: list[str], e
         matched = [r for r in mine if r["matched"]]
         summary[name] = {m: float(np.mean([r[m] for r in matched])) if matched else float("nan") for m in metrics}
         summary[name]["matched"] = len(matched) / len(mine) if mine else float("nan")
+        summary[name]["images without targets"] = empty[name]
     return rows, summary

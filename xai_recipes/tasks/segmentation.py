@@ -118,10 +118,12 @@ def bind(call: Call) -> Bound:
             seg = segmentation(processor, logits[b : b + 1], size).cpu().numpy()
             user = None if region is None else region_mask(region, size)
             area = seg[user] if user is not None else seg.ravel()
-            classes, counts = np.unique(area, return_counts=True)
+            counts = np.bincount(area.ravel().astype(np.int64), minlength=len(id2label))  # np.unique sorts: slow
+            classes = np.flatnonzero(counts)
+            counts = counts[classes]
             order = [int(c) for c in classes[np.argsort(-counts, kind="stable")]]
             share = dict(zip(classes.tolist(), (counts / counts.sum()).tolist()))
-            present = set(pred[b].unique().tolist()) if user is None else set(order)
+            present = set(present_classes(pred[b]).tolist()) if user is None else set(order)
             # every class of the image-size segmentation (the pipeline's); explained: those whose region at
             # the model input is not empty (a sliver that only upsampling to the image creates scores 0)
             every = [Region(c, id2label.get(c, str(c)), float(share[c]), None, user if user is not None else seg == c)
@@ -184,9 +186,14 @@ def type_output(logits: torch.Tensor) -> Any:
     return SemanticSegmenterOutput(logits=logits)
 
 
+def present_classes(pred: torch.Tensor) -> torch.Tensor:
+    """The classes that occur in the argmax map ``pred`` (a bincount: ``unique`` sorts every pixel)."""
+    return torch.bincount(pred.flatten()).nonzero().flatten()
+
+
 def predicted(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicted classes ``P`` and each one's own pixels ``B×|P|×H×W`` (``pred``: the ``B×H×W`` argmax)."""
-    classes = pred.unique()
+    classes = present_classes(pred)
     return classes, pred[:, None] == classes[None, :, None, None]
 
 
@@ -247,6 +254,9 @@ def _to_input(mask: np.ndarray, processor: Any, recipe: Recipe, size: tuple[int,
 
 
 NOT_FOR_SEGMENTS = "{} names its maps by a classifier's own classes; a segment is explained by its class's region score"
+NOT_FINER = ("finercam weighs the classes it contrasts by the softmax of the scores, and a segment's score is its class's "
+             "logits summed over its region (one term per pixel): that softmax is 1 for the largest score and about 0 "
+             "for the others, so the contrast vanishes; use gradcam or hirescam")
 
 TASK = Task(
     name="image-segmentation",
@@ -254,7 +264,7 @@ TASK = Task(
     check=_check,
     priority=30,
     options={"region": None},
-    unsupported={m: NOT_FOR_SEGMENTS.format(m) for m in ("dff", "patch-contributions")},
+    unsupported={**{m: NOT_FOR_SEGMENTS.format(m) for m in ("dff", "patch-contributions")}, "finercam": NOT_FINER},
     description="A class's region of a semantic segmenter (the sum of its logits over the region, as grad-cam's "
                 "SemanticSegmentationTarget), the region the model's own or one you give",
     reference='transformers pipeline("image-segmentation", subtask="semantic"); grad-cam SemanticSegmentationTarget',

@@ -56,6 +56,7 @@ SEMANTIC = Recipe(
     model_types=("segformer",),
     matches=lambda m: type(m).__name__.endswith("ForSemanticSegmentation"),
     target_layers=lambda m: [m.decode_head.linear_fuse],
+    default_method="hirescam",  # trained segmenter: region peaks 1.00, energy 0.73 (gradcam 0.99 / 0.53)
     description="SegFormer segmenter: the decode head's fused map of all stages (B×C×h×w at 1/4 of the input).",
 )
 

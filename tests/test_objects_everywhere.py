@@ -120,7 +120,7 @@ def test_the_web_page_draws_detections_and_offers_each_in_its_picker(detr_folder
 
 
 def test_evaluate_scores_each_detection_against_the_annotation_it_matches(detr_folder, tmp_path):
-    reference = explain(detr_folder, IMAGE, threshold=0.0, top_k=2)
+    reference = explain(detr_folder, IMAGE, threshold=0.0, top_k=2, method="gradcam")
     x0, y0, x1, y1 = reference.boxes[0]
     objects = [Objects(IMAGE, [Annotation(reference.labels[0], (x0, y0, x1, y1)), Annotation("zzz", (0, 0, 5, 5))],
                        "scene")]

@@ -88,6 +88,17 @@ class Annotated:
         return out
 
 
+def read_coco(path: Path) -> tuple[dict[Any, str], dict[Any, str], list[dict]]:
+    """``(category id → name, image id → file name, annotations)`` of a COCO-style ``annotations.json``."""
+    try:
+        data = json.loads(path.read_text())
+        return ({c["id"]: c["name"] for c in data["categories"]}, {i["id"]: i["file_name"] for i in data["images"]},
+                list(data["annotations"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}; write a COCO-style annotations.json with images, categories "
+                           "and annotations (bbox [x, y, w, h] and/or mask: a PNG path)") from None
+
+
 def load_annotations(folder: str | os.PathLike) -> list[Annotated]:
     """Images of ``folder`` with its ``annotations.json`` (COCO style)::
 
@@ -101,14 +112,7 @@ def load_annotations(folder: str | os.PathLike) -> list[Annotated]:
     """
     folder = Path(folder)
     path = folder / "annotations.json"
-    try:
-        data = json.loads(path.read_text())
-        categories = {c["id"]: c["name"] for c in data["categories"]}
-        images = {i["id"]: i["file_name"] for i in data["images"]}
-        annotations = data["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}; write a COCO-style annotations.json with images, categories "
-                           "and annotations (bbox [x, y, w, h] and/or mask: a PNG path)") from None
+    categories, images, annotations = read_coco(path)
     by_image: dict[Any, list[dict]] = {}
     for a in annotations:
         by_image.setdefault(a.get("image_id"), []).append(a)

@@ -12,7 +12,6 @@ the number of images in which the model found nothing to explain (no detection a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 
 from .errors import DatasetError, NoDetectionError, XAIRecipesError
 from .images import ImageInput, load_image
+from .tasks.detection import iou
 
 #: The metrics that apply per object (the perturbation curves explain whole-image probabilities).
 OBJECT_METRICS = ("pointing", "energy")
@@ -62,14 +62,14 @@ class Objects:
 def load_objects(folder: str | os.PathLike) -> list[Objects]:
     """Images of ``folder`` and every annotation of its COCO-style ``annotations.json`` (any number of
     categories per image; ``bbox`` ``[x, y, w, h]`` and/or ``mask``: a PNG path relative to the folder)."""
+    from .evaluation import read_coco
+
     folder = Path(folder)
     path = folder / "annotations.json"
+    categories, images, annotations = read_coco(path)
     try:
-        data = json.loads(path.read_text())
-        categories = {c["id"]: c["name"] for c in data["categories"]}
-        images = {i["id"]: i["file_name"] for i in data["images"]}
         by_image: dict[Any, list[Annotation]] = {}
-        for a in data["annotations"]:
+        for a in annotations:
             box = None
             if "bbox" in a:
                 x, y, w, h = a["bbox"]
@@ -83,13 +83,6 @@ def load_objects(folder: str | os.PathLike) -> list[Objects]:
     if not out:
         raise DatasetError(f"{path} annotates no image")
     return out
-
-
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
 
 
 def _bounds(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -109,7 +102,7 @@ def match(exp: Any, i: int, annotations: list[Annotation], shape: tuple[int, int
             return union, 1.0
         inter, total = np.logical_and(union, exp.masks[i]).sum(), np.logical_or(union, exp.masks[i]).sum()
         return union, float(inter / total) if total else 0.0
-    ious = [_box_iou(exp.boxes[i], a.box if a.box is not None else _bounds(a.region(shape))) for a in same]
+    ious = [iou(exp.boxes[i], a.box if a.box is not None else _bounds(a.region(shape))) for a in same]
     best = int(np.argmax(ious))
     return (same[best].region(shape), ious[best]) if ious[best] >= min_iou else (None, ious[best])
 

@@ -78,6 +78,14 @@ def reference(model, recipe, x, name, targets=TARGETS):
         with pytorch_grad_cam.FinerCAM(wrapped, layers, reshape_transform=reshape) as cam:
             return np.concatenate([cam(x, targets=None, target_idx=t) for t in targets])
     cam = getattr(pytorch_grad_cam, cls)(wrapped, layers, reshape_transform=reshape, **kwargs)
+    if cls == "FullGrad":  # grad-cam lists its biases in registration order but its gradients in the order the layers
+        ran = []           # run (a ResNet's shortcut BatchNorm is registered first, run last): its biases in run order
+        hooks = [layer.register_forward_hook(lambda m, i, o: ran.append(m)) for layer in cam.target_layers]
+        with torch.no_grad():
+            wrapped(x)
+        for hook in hooks:
+            hook.remove()
+        cam.bias_data = [cam.get_bias_data(layer).cpu().numpy() for layer in ran]
     try:
         return cam(x.repeat(len(targets), 1, 1, 1), [ClassifierOutputTarget(t) for t in targets])
     finally:

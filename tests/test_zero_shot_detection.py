@@ -83,9 +83,8 @@ def picture(height: int = 60, width: int = 80) -> Image.Image:
     return Image.fromarray(a)
 
 
-#: OWLv2 pads the image to a square (bottom and right) before resizing; explain() measures the processor's
-#: geometry on black and white pictures, and cannot yet where the padding is the same grey in both: a square
-#: picture for OWLv2 (see test_owlv2_padding_is_a_typed_geometry_error).
+#: OWLv2 pads the image to a square (bottom and right) before resizing: a square picture for OWLv2 here, a
+#: non-square one in test_owlv2_pads_a_non_square_picture_and_its_maps_land_on_the_image.
 PICTURES = {"owlvit": picture(), "owlv2": picture(64, 64)}
 
 
@@ -226,12 +225,47 @@ def test_a_prompt_for_a_detector_without_a_text_tower_names_the_fix():
         explain(detr, picture(), target="a red car", processor=processor, task="zero-shot-object-detection")
 
 
-def test_owlv2_padding_is_a_typed_geometry_error():
-    """Not yet: OWLv2 pads a non-square image to a square with grey; the geometry measurement (black vs white
-    pictures) finds that area unchanged and refuses, naming the problem, instead of misplacing the maps."""
-    model, _, processor = random_owl("owlv2")
-    with pytest.raises(xai_recipes.GeometryError, match="black and white"):
-        explain(model, picture(), target="a dog", processor=processor)
+def test_owlv2_pads_a_non_square_picture_and_its_maps_land_on_the_image():
+    """OWLv2 pads a non-square image to a square with grey before resizing: the geometry is measured where the image
+    is (black and white differ), so the 60×80 picture covers the top 24 of the 32 input rows at 2.5 pixels each. The
+    detections are the pipeline's, and each gradcam map on the picture is grad-cam's map of its box-prompt logit on
+    the input's image part, resized to the picture (interior pixels; the border ones are bilinear against 0)."""
+    import cv2
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, image_processor, processor = random_owl("owlv2")
+    image = picture()
+    exp = explain(model, image, labels=PROMPTS, processor=processor, method="gradcam", threshold=0.1, top_k=3)
+    reference = T.pipeline("zero-shot-object-detection", model=model, tokenizer=TOKENIZER,
+                           image_processor=image_processor)(image, candidate_labels=PROMPTS, threshold=0.1)[:3]
+    assert exp.labels == [r["label"] for r in reference]
+    np.testing.assert_allclose(exp.scores, [r["score"] for r in reference], atol=1e-6)
+    boxes = np.array([[r["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for r in reference])
+    assert np.abs(np.array(exp.boxes) - boxes).max() <= 1
+    assert (exp.geometry.scale, exp.geometry.offset) == ((2.5, 2.5), (0.75, 0.75))
+    assert exp.geometry.input_coverage().sum(1).tolist() == [32] * 24 + [0] * 8  # the padding rows are not the image
+
+    text = TOKENIZER(PROMPTS, padding=True, return_tensors="pt")
+
+    class Flat(torch.nn.Module):  # the model's own forward with every prompt: B×(P·K) logits
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            n = len(x)
+            return self.model(input_ids=text["input_ids"].repeat(n, 1), attention_mask=text["attention_mask"].repeat(n, 1),
+                              pixel_values=x).logits.flatten(1)
+
+    recipe = xai_recipes.get_recipe("owlvit")
+    layer = model.get_submodule(exp.target_layers[0])
+    x = image_processor(images=image, return_tensors="pt")["pixel_values"].double()
+    with GradCAM(Flat(), [layer], reshape_transform=lambda t: recipe.reshape(t, model, (32, 32))) as cam:
+        maps = cam(x.repeat(3, 1, 1, 1), targets=[ClassifierOutputTarget(i) for i in exp.indices])
+    resized = np.stack([cv2.resize(m[:24], (80, 60), interpolation=cv2.INTER_LINEAR) for m in maps])
+    np.testing.assert_allclose(exp.heatmaps[:, 2:-2, 2:-2], resized[:, 2:-2, 2:-2], atol=1e-4)
+    assert exp.heatmaps.std() > 1e-3 and maps[:, 24:].std() > 1e-3  # the padding's part of the maps is left out
 
 
 def test_a_detector_folder_loads_by_name_with_its_tokenizer(owl, tmp_path):

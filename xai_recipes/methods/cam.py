@@ -53,8 +53,10 @@ def grad_cam_class(method: str) -> Any:
 
 def _scorecam_weights(wrapped: nn.Module, image: torch.Tensor, maps: torch.Tensor, targets: list[int], batch: int) -> np.ndarray:
     """grad-cam's ScoreCAM weights (``T×C``) for one image, every masked input run once for all T
-    targets (grad-cam runs all C masked inputs again for each target) and masks made per chunk."""
-    with torch.inference_mode():
+    targets (grad-cam runs all C masked inputs again for each target) and masks made per chunk. Without
+    gradients but not in inference mode: a task's scores may take a gradient of their own (the segmentation
+    task sums a class's logits over its region through the upsampling's adjoint), which inference mode forbids."""
+    with torch.no_grad():
         up = nn.functional.interpolate(maps.float(), size=image.shape[-2:], mode="bilinear", align_corners=True)[0]
         lo, hi = up.flatten(1).min(-1)[0], up.flatten(1).max(-1)[0]
         up = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]
@@ -110,6 +112,18 @@ def compute_cams(
     return maps.reshape(B, T, *maps.shape[1:])
 
 
+def _any_inputs(cls: type) -> type:
+    """grad-cam's ablation layer ``cls`` taking whatever inputs the layer it stands in for takes (DPT's fusion
+    layers take the fused map and a residual): it returns that layer's recorded activations, ablated, and
+    never reads its inputs."""
+
+    class AnyInputs(cls):
+        def __call__(self, x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return super().__call__(x)
+
+    return AnyInputs
+
+
 def _ablation_cams(model: nn.Module, recipe: Recipe, image: torch.Tensor, targets: list[int], capture: Capture) -> np.ndarray:
     """AblationCAM through grad-cam's own class, on the image replicated once per target."""
     from pytorch_grad_cam import AblationCAM
@@ -124,7 +138,7 @@ def _ablation_cams(model: nn.Module, recipe: Recipe, image: torch.Tensor, target
                           "scorecam (it masks the input instead) or a recipe whose target layer returns a tensor")
     input_hw = tuple(image.shape[-2:])
     reshape = partial(as_maps, recipe, model, input_hw=input_hw) if recipe.reshape else None
-    ablation = AblationLayerVit() if capture.activations[0].dim() == 3 else AblationLayer()
+    ablation = _any_inputs(AblationLayerVit if capture.activations[0].dim() == 3 else AblationLayer)()
     try:
         with AblationCAM(model=wrapped, target_layers=layers, reshape_transform=reshape, ablation_layer=ablation) as cam:
             cam.batch_size = 32

@@ -13,7 +13,9 @@ without code here. How each runs:
 * The others (ShapleyCAM's Hessian-vector product, FullGrad's biases of every layer, FinerCAM,
   RefineCAM, SESS, and any class not known here) run through grad-cam's own class on the images
   replicated once per target, with the recipe's layer(s) and reshape: their maps are grad-cam's.
-  FinerCAM contrasts each target with the three classes whose logits are closest to it (grad-cam's
+  FullGrad's biases are paired with the gradients of their own layers (:func:`full_grad_by_layer`;
+  grad-cam pairs them by order, which RT-DETR's encoder and a ResNet's shortcuts break). FinerCAM
+  contrasts each target with the three classes whose logits are closest to it (grad-cam's
   ``target_idx`` rule); RefineCAM multiplies GradCAM++ over the recipe's stages (its target layer
   alone without stages); SESS runs the CAM on patches of ``num_scales`` rescaled copies.
 * ``guided-gradcam``: Guided Backpropagation (grad-cam's ``GuidedBackpropReLUasModule`` in place of
@@ -140,6 +142,11 @@ def _release(cam: Any) -> None:
     for part in (cam, getattr(cam, "base_cam", None), *getattr(cam, "base_cam_per_layer", [])):
         hooks = getattr(part, "activations_and_grads", None)
         if hooks is not None:
+            # grad-cam's release() first detaches what it kept in place, which raises on a gradient that is a view
+            # (kept with its graph by ShapleyCAM, for a target layer whose output is reshaped after it, as DETR's
+            # input projection is flattened): dropping the references frees them all the same.
+            hooks.activations.clear()
+            hooks.gradients.clear()
             hooks.release()
 
 
@@ -167,6 +174,50 @@ def finer_targets(logits: torch.Tensor, targets: list[list[int]], alpha: float) 
     return out
 
 
+@lru_cache(maxsize=1)
+def full_grad_by_layer() -> type:
+    """grad-cam's ``FullGrad`` with each bias paired with the gradient of its own layer's output.
+
+    grad-cam pairs its list of biases (in module registration order) with its list of gradients (in the
+    order the backward reaches the layers), which are the same only when every Conv2d / BatchNorm2d layer
+    runs once, in registration order: an RT-DETR's hybrid encoder runs its FPN before modules registered
+    earlier, and the shapes then clash; a ResNet's shortcut BatchNorm (registered before its block's layers,
+    run after them) is silently paired with another layer's gradient of the same shape. Here each layer's
+    gradients are kept with the layer (one per call; a layer that never ran adds nothing), and the formula
+    is grad-cam's own."""
+    from pytorch_grad_cam import FullGrad
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    class GradientsByLayer(ActivationsAndGradients):
+        def __init__(self, *args: Any) -> None:
+            self.by_layer: dict[int, list[torch.Tensor]] = {}
+            super().__init__(*args)
+
+        def save_gradient(self, module: nn.Module, input: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(lambda grad: self.by_layer.setdefault(id(module), []).append(grad.cpu().detach()))
+
+        def __call__(self, x: torch.Tensor) -> Any:
+            self.by_layer = {}
+            return super().__call__(x)
+
+    class FullGradByLayer(FullGrad):
+        def __init__(self, model: nn.Module, target_layers: list, reshape_transform: Any = None) -> None:
+            super().__init__(model, target_layers, reshape_transform)
+            self.activations_and_grads.release()  # nothing kept yet: only its hooks go
+            self.activations_and_grads = GradientsByLayer(self.model, self.target_layers, None, self.detach)
+            self.bias_by_layer = [(id(layer), bias) for layer, bias in zip(self.target_layers, self.bias_data)]
+
+        def compute_cam_per_layer(self, input_tensor: torch.Tensor, target_category: Any, eigen_smooth: bool) -> Any:
+            found = self.activations_and_grads.by_layer
+            pairs = [(bias, grad) for key, bias in self.bias_by_layer for grad in found.get(key, [])]
+            self.bias_data = [bias for bias, _ in pairs]
+            self.activations_and_grads.gradients = [grad for _, grad in pairs]
+            return super().compute_cam_per_layer(input_tensor, target_category, eigen_smooth)
+
+    return FullGradByLayer
+
+
 def direct_cams(cls: str, model: nn.Module, recipe: Recipe, pixel_values: torch.Tensor, targets: list[list[int]],
                 logits: torch.Tensor, options: dict[str, Any]) -> np.ndarray:
     """``B×T×H×W`` maps of grad-cam's class ``cls``, run as grad-cam runs it on the images replicated
@@ -184,8 +235,8 @@ def direct_cams(cls: str, model: nn.Module, recipe: Recipe, pixel_values: torch.
     cam_targets = (finer_targets(logits, targets, options.get("alpha", 1.0)) if cls == "FinerCAM" else
                    [ClassifierOutputTarget(t) for per_image in targets for t in per_image])
     reshape = None if cls == "FullGrad" else _reshape(recipe, model, hw)  # FullGrad reads its own conv/BN layers
-    cam = getattr(pytorch_grad_cam, cls)(LogitsModel(model, recipe), cam_layers(cls, model, recipe),
-                                         reshape_transform=reshape, **kwargs)
+    cam_class = full_grad_by_layer() if cls == "FullGrad" else getattr(pytorch_grad_cam, cls)
+    cam = cam_class(LogitsModel(model, recipe), cam_layers(cls, model, recipe), reshape_transform=reshape, **kwargs)
     try:
         with kept_grads(model):
             maps = cam(rows, cam_targets)

@@ -200,7 +200,8 @@ def test_default_method_is_the_best_localising_and_beats_gradcam(family, trained
 
 
 #: the zero-shot models' tables are scored on digit scenes by prompt: tests/test_zero_shot_localisation.py checks them
-ZERO_SHOT_TABLES = ("tests/trained/clip", "tests/trained/siglip")
+ZERO_SHOT_TABLES = ("tests/trained/clip", "tests/trained/siglip",
+                    "tests/trained/detr", "tests/trained/segformer_seg")  # and the detector's, segmenter's: per object
 #: The gallery's published quality tables (docs/gen_gallery.py) of the recipes whose example is a trained test
 #: model: same 60 images, pointing without tolerance, so the same shares as measured here.
 QUALITY_TABLES = {Path(q["model"]).name: q for q in json.loads(

@@ -158,8 +158,17 @@ def test_ray_rows_carry_boxes_and_masks(detr_folder, segformer_folder, tmp_path)
     from xai_recipes.ray import explain_dataset
 
     image = detr_folder.parent / "scene.png"
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        check_ray_rows(explain_dataset, image, detr_folder, segformer_folder)
+    finally:
+        if started:  # tests/test_ray.py starts its own
+            ray.shutdown()
+
+
+def check_ray_rows(explain_dataset, image, detr_folder, segformer_folder) -> None:
     (row,) = explain_dataset([str(image)], str(detr_folder), threshold=0.0, top_k=2, concurrency=1).take_all()
     direct = explain(detr_folder, image, threshold=0.0, top_k=2)
     assert json.loads(row["boxes"]) == [list(b) for b in direct.boxes] and list(row["labels"]) == direct.labels
